@@ -1,0 +1,67 @@
+"""shiftlab.functional: the shared numerical core. Pure functions, torch tensors in and out.
+
+Numpy arrays and nested sequences are accepted at every public edge through :func:`as_tensor`, which
+validates shapes and finiteness before any work starts.
+
+- :mod:`~shiftlab.functional.linalg`: covariance (with Ledoit-Wolf shrinkage), symmetric spectra,
+  effective and stable rank, eigengaps, principal angles.
+- :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
+  p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
+"""
+
+from __future__ import annotations
+
+from shiftlab.functional._convert import ArrayLike, as_tensor
+from shiftlab.functional.linalg import (
+    Eigengap,
+    SymmetricSpectrum,
+    covariance,
+    effective_rank,
+    effective_rank_from_spectrum,
+    eigengap,
+    ledoit_wolf_shrinkage,
+    principal_angles,
+    stable_rank,
+    symmetric_spectrum,
+)
+from shiftlab.functional.stats import (
+    BenjaminiHochberg,
+    BootstrapResult,
+    PartialCorrelation,
+    PermutationTestResult,
+    benjamini_hochberg,
+    mean_difference,
+    paired_bootstrap_ci,
+    partial_correlation,
+    pearson,
+    permutation_test,
+    rankdata,
+    spearman,
+)
+
+__all__ = [
+    "ArrayLike",
+    "BenjaminiHochberg",
+    "BootstrapResult",
+    "Eigengap",
+    "PartialCorrelation",
+    "PermutationTestResult",
+    "SymmetricSpectrum",
+    "as_tensor",
+    "benjamini_hochberg",
+    "covariance",
+    "effective_rank",
+    "effective_rank_from_spectrum",
+    "eigengap",
+    "ledoit_wolf_shrinkage",
+    "mean_difference",
+    "paired_bootstrap_ci",
+    "partial_correlation",
+    "pearson",
+    "permutation_test",
+    "principal_angles",
+    "rankdata",
+    "spearman",
+    "stable_rank",
+    "symmetric_spectrum",
+]
