@@ -5,6 +5,8 @@ validates shapes and finiteness before any work starts.
 
 - :mod:`~shiftlab.functional.linalg`: covariance (with Ledoit-Wolf shrinkage), symmetric spectra,
   effective and stable rank, eigengaps, principal angles.
+- :mod:`~shiftlab.functional.jacobian`: Jacobian energy along directions (forward-mode AD or finite
+  differences), the core of the PMH penalty.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
   p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
 """
@@ -12,6 +14,7 @@ validates shapes and finiteness before any work starts.
 from __future__ import annotations
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
+from shiftlab.functional.jacobian import Energy, fd_energy, jvp_energy
 from shiftlab.functional.linalg import (
     Eigengap,
     SymmetricSpectrum,
@@ -44,6 +47,7 @@ __all__ = [
     "BenjaminiHochberg",
     "BootstrapResult",
     "Eigengap",
+    "Energy",
     "PartialCorrelation",
     "PermutationTestResult",
     "SymmetricSpectrum",
@@ -53,6 +57,8 @@ __all__ = [
     "effective_rank",
     "effective_rank_from_spectrum",
     "eigengap",
+    "fd_energy",
+    "jvp_energy",
     "ledoit_wolf_shrinkage",
     "mean_difference",
     "paired_bootstrap_ci",

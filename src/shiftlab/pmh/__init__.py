@@ -1,0 +1,71 @@
+"""shiftlab.pmh: the deploy-shift gate (Perturbation Matching).
+
+Estimate the label-preserving deploy nuisance Σ_task as a :class:`NuisanceEstimate` with one of seven
+estimators (``estimate_nuisance(kind, ...)`` or the functions directly), let :func:`suggest_nuisance`
+pick one from the data you have, check whether the shift is same-label with :func:`check_applicability`,
+and whether an estimate's subspace is well separated with :func:`eigengap_check`.
+
+Examples
+--------
+>>> import torch
+>>> from shiftlab.pmh import estimate_nuisance
+>>> g = torch.Generator().manual_seed(0)
+>>> source, target = torch.randn(300, 6, generator=g), torch.randn(300, 6, generator=g) + 1.0
+>>> estimate_nuisance("domain", source=source, target=target, rank=1).rank
+1
+"""
+
+from __future__ import annotations
+
+from shiftlab.pmh._applicability import ApplicabilityConfig, ApplicabilityReport, check_applicability
+from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS, random_rescale, random_shift, thicken_strokes
+from shiftlab.pmh._budget import BudgetEpoch, LossBudget
+from shiftlab.pmh._controls import MODES, control_estimate
+from shiftlab.pmh._estimate import NuisanceEstimate
+from shiftlab.pmh._estimators import (
+    ESTIMATORS,
+    EigengapCheck,
+    NuisanceSuggestion,
+    eigengap_check,
+    estimate_nuisance,
+    suggest_nuisance,
+)
+from shiftlab.pmh._estimators_domain import domain, subspace
+from shiftlab.pmh._estimators_moments import compositional, isotropic, temporal
+from shiftlab.pmh._estimators_pairs import adversarial, augmentation, style
+from shiftlab.pmh._matcher import PMHMatcher
+from shiftlab.pmh._penalty import ESTIMATORS as PENALTY_ESTIMATORS
+from shiftlab.pmh._penalty import PenaltyOutput, PMHPenalty
+
+__all__ = [
+    "DIGIT_AUGMENTATIONS",
+    "ESTIMATORS",
+    "MODES",
+    "PENALTY_ESTIMATORS",
+    "ApplicabilityConfig",
+    "ApplicabilityReport",
+    "BudgetEpoch",
+    "EigengapCheck",
+    "LossBudget",
+    "NuisanceEstimate",
+    "NuisanceSuggestion",
+    "PMHMatcher",
+    "PMHPenalty",
+    "PenaltyOutput",
+    "adversarial",
+    "augmentation",
+    "check_applicability",
+    "compositional",
+    "control_estimate",
+    "domain",
+    "eigengap_check",
+    "estimate_nuisance",
+    "isotropic",
+    "random_rescale",
+    "random_shift",
+    "style",
+    "subspace",
+    "suggest_nuisance",
+    "temporal",
+    "thicken_strokes",
+]

@@ -1,0 +1,130 @@
+"""Resolve layers by name and read or perturb their outputs with forward hooks.
+
+Sites and measurement points are named with ``model.named_modules()`` names (``"features.2"``) or the
+special names ``"input"`` (perturbation site) and ``"output"`` (measurement point). Names are resolved on
+the model object actually being run, so an arm that trains a deep copy resolves its own layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+INPUT = "input"
+OUTPUT = "output"
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name``; a ``ValueError`` lists the valid names otherwise.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> resolve_module(net, "2")
+    Linear(in_features=3, out_features=2, bias=True)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"layer name must be a str; got {type(name).__name__}")
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if name not in modules:
+        valid = ", ".join(repr(n) for n in modules) or "(the model has no sub-modules)"
+        raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+    return modules[name]
+
+
+def check_site_names(model: nn.Module, site: str, measure: str) -> None:
+    """Validate a perturbation site and a measurement point before any work starts."""
+    if site != INPUT:
+        resolve_module(model, site)
+    if measure != OUTPUT:
+        resolve_module(model, measure)
+    if site == measure:
+        raise ValueError(
+            f"the perturbation site and the measured layer are both {site!r}; measure above the site"
+        )
+    if site != INPUT and measure != OUTPUT:
+        names = [n for n, _ in model.named_modules()]
+        if names.index(site) > names.index(measure):
+            raise ValueError(
+                f"layer {measure!r} is registered before {site!r}; measure a layer above the site"
+            )
+
+
+def _first_tensor(output: object, name: str) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    raise TypeError(
+        f"layer {name!r} returns {type(output).__name__}; only layers returning one tensor can be used"
+    )
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, name: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of layer ``name`` (``"output"``: nothing to hook) into the yielded dict."""
+    store: dict[str, torch.Tensor] = {}
+    if name == OUTPUT:
+        yield store
+        return
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        store["value"] = _first_tensor(output, name)
+
+    handle = resolve_module(model, name).register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def replace_output(
+    model: nn.Module, name: str, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, layer ``name`` returns ``transform(its output)``."""
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+        return transform(_first_tensor(output, name))
+
+    handle = resolve_module(model, name).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def features(model: nn.Module, x: torch.Tensor, layer: str, *, batch_size: int = 1024) -> torch.Tensor:
+    """Per-sample features at ``layer`` (``"input"``, ``"output"`` or a layer name), flattened to (n, d).
+
+    Runs without gradients in the model's current train/eval mode, in batches.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> features(net, torch.zeros(5, 2, 2), "2").shape
+    torch.Size([5, 3])
+    """
+    if layer == INPUT:
+        return x.reshape(x.shape[0], -1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    chunks = []
+    with torch.no_grad(), capture(model, layer) as store:
+        for start in range(0, x.shape[0], batch_size):
+            out = model(x[start : start + batch_size])
+            value = out if layer == OUTPUT else store["value"]
+            chunks.append(value.reshape(value.shape[0], -1))
+    return torch.cat(chunks)
+
+
+def site_shape(model: nn.Module, x: torch.Tensor, site: str) -> tuple[int, ...]:
+    """Shape of one sample at ``site`` (runs one sample through the model for a layer site)."""
+    if site == INPUT:
+        return tuple(x.shape[1:])
+    with torch.no_grad(), capture(model, site) as store:
+        out = model(x[:1])
+        value = out if site == OUTPUT else store["value"]
+    return tuple(value.shape[1:])
