@@ -27,19 +27,22 @@ def mlp() -> nn.Module:
     )
 
 
-def cnn() -> nn.Module:
+def cnn(width: int = 1) -> nn.Module:
+    """4 conv layers (32, 32, 64, 64 channels, times ``width``) on 28x28 inputs."""
+
     def block(i: int, o: int) -> list[nn.Module]:
         return [nn.Conv2d(i, o, 3, padding=1), nn.ReLU()]
 
+    a, b = 32 * width, 64 * width
     return nn.Sequential(
-        *block(1, 32),
-        *block(32, 32),
+        *block(1, a),
+        *block(a, a),
         nn.MaxPool2d(2),
-        *block(32, 64),
-        *block(64, 64),
+        *block(a, b),
+        *block(b, b),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128),
+        nn.Linear(b * 7 * 7, 128),
         nn.ReLU(),
         nn.Linear(128, 10),
     )

@@ -1,0 +1,130 @@
+"""Quantile-mapping layers against the matching torch norms: time and memory, as ratios, in one run.
+
+Run: ``.venv/bin/python benchmarks/groupmap.py`` (both shapes, CPU, and CUDA when available), or
+``--shapes small`` for (32, 64, 32, 32) only, ``--repeats N``, ``--grad ste ecdf softrank``.
+
+For every shape and device, each pair (GroupMap / GroupNorm(32), InstanceMap / InstanceNorm2d,
+LayerMap / LayerNorm over (C, H, W)) is timed forward and forward+backward (median of ``--repeats``,
+candidate and anchor interleaved so that load on a shared machine hits both), and the memory that
+autograd saves for backward is summed over the saved tensors (bytes, device-independent). The goal of
+the issue: forward+backward at most 3x the torch norm on CPU and 2x on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from shiftlab.nn import GroupMap, InstanceMap, LayerMap
+
+SHAPES = {"small": (32, 64, 32, 32), "large": (8, 256, 56, 56)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return total
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _pair(candidate: nn.Module, anchor: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    grad_out = torch.randn_like(x)
+    device = x.device
+
+    def fwd(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return m(x)
+
+        return run
+
+    def fwd_bwd(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            xr = x.detach().requires_grad_()
+            m(xr).backward(grad_out)
+            return xr.grad
+
+        return run
+
+    out: dict[str, float] = {}
+    for name, make in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        make(candidate)()  # warm-up
+        make(anchor)()
+        cand, anch = [], []
+        for _ in range(repeats):
+            cand.append(_timed(make(candidate), device))
+            anch.append(_timed(make(anchor), device))
+        out[f"{name}_ms"] = 1e3 * statistics.median(cand)
+        out[f"{name}_anchor_ms"] = 1e3 * statistics.median(anch)
+    xr = x.detach().requires_grad_()
+    out["saved_mb"] = _saved_bytes(candidate, xr) / 2**20
+    out["saved_anchor_mb"] = _saved_bytes(anchor, xr) / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--grad", nargs="+", default=["ste"], choices=["ste", "ecdf", "softrank"])
+    parser.add_argument("--layers", nargs="+", default=["group", "instance", "layer"])
+    args = parser.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; medians of {args.repeats}")
+    header = (
+        f"{'device':<6} {'shape':<18} {'layer':<22} {'fwd ms':>8} {'anchor':>8} {'ratio':>6} "
+        f"{'f+b ms':>8} {'anchor':>8} {'ratio':>6} {'saved MB':>9} {'anchor':>7}"
+    )
+    print(header)
+    for device in devices:
+        for shape_name in args.shapes:
+            shape = SHAPES[shape_name]
+            _, c, h, w = shape
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+            for grad in args.grad:
+                pairs = {
+                    "group": (GroupMap(32, c, grad=grad), nn.GroupNorm(32, c)),
+                    "instance": (InstanceMap(c, grad=grad), nn.InstanceNorm2d(c)),
+                    "layer": (LayerMap([c, h, w], grad=grad), nn.LayerNorm([c, h, w])),
+                }
+                for kind in args.layers:
+                    cand, anchor = (m.to(device) for m in pairs[kind])
+                    r = _pair(cand, anchor, x, args.repeats)
+                    label = f"{type(cand).__name__}[{grad}]"
+                    print(
+                        f"{device.type:<6} {shape_name + str(shape):<18} {label:<22} "
+                        f"{r['fwd_ms']:>8.1f} {r['fwd_anchor_ms']:>8.1f} "
+                        f"{r['fwd_ms'] / r['fwd_anchor_ms']:>6.1f} "
+                        f"{r['fwd_bwd_ms']:>8.1f} {r['fwd_bwd_anchor_ms']:>8.1f} "
+                        f"{r['fwd_bwd_ms'] / r['fwd_bwd_anchor_ms']:>6.1f} "
+                        f"{r['saved_mb']:>9.1f} {r['saved_anchor_mb']:>7.1f}",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
