@@ -7,6 +7,8 @@ validates shapes and finiteness before any work starts.
   effective and stable rank, eigengaps, principal angles.
 - :mod:`~shiftlab.functional.jacobian`: Jacobian energy along directions (forward-mode AD or finite
   differences), the core of the PMH penalty.
+- :mod:`~shiftlab.functional.quantile`: quantile maps (mid-rank, Hazen positions) to a target
+  distribution, their backward surrogates, Hazen quantiles, monotone piecewise-linear maps.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
   p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
 """
@@ -27,6 +29,16 @@ from shiftlab.functional.linalg import (
     stable_rank,
     symmetric_spectrum,
 )
+from shiftlab.functional.quantile import (
+    GRAD_NAMES,
+    TARGET_NAMES,
+    empirical_quantiles,
+    group_map,
+    interp_map,
+    knot_levels,
+    quantile_map,
+    target_quantiles,
+)
 from shiftlab.functional.stats import (
     BenjaminiHochberg,
     BootstrapResult,
@@ -43,6 +55,8 @@ from shiftlab.functional.stats import (
 )
 
 __all__ = [
+    "GRAD_NAMES",
+    "TARGET_NAMES",
     "ArrayLike",
     "BenjaminiHochberg",
     "BootstrapResult",
@@ -57,8 +71,12 @@ __all__ = [
     "effective_rank",
     "effective_rank_from_spectrum",
     "eigengap",
+    "empirical_quantiles",
     "fd_energy",
+    "group_map",
+    "interp_map",
     "jvp_energy",
+    "knot_levels",
     "ledoit_wolf_shrinkage",
     "mean_difference",
     "paired_bootstrap_ci",
@@ -66,8 +84,10 @@ __all__ = [
     "pearson",
     "permutation_test",
     "principal_angles",
+    "quantile_map",
     "rankdata",
     "spearman",
     "stable_rank",
     "symmetric_spectrum",
+    "target_quantiles",
 ]
