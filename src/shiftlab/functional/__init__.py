@@ -16,6 +16,7 @@ validates shapes and finiteness before any work starts.
 from __future__ import annotations
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
+from shiftlab.functional.crossed import crossed_bootstrap_ci
 from shiftlab.functional.jacobian import Energy, fd_energy, jvp_energy
 from shiftlab.functional.linalg import (
     Eigengap,
@@ -68,6 +69,7 @@ __all__ = [
     "as_tensor",
     "benjamini_hochberg",
     "covariance",
+    "crossed_bootstrap_ci",
     "effective_rank",
     "effective_rank_from_spectrum",
     "eigengap",
