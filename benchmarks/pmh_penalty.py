@@ -63,17 +63,14 @@ def time_step(
 ) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    k = max(1, int(x.shape[0] * fraction))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         if penalty is None:
             loss = loss_fn(model(x), y)
-        elif k == x.shape[0]:
-            result = penalty(model, x)
-            loss = loss_fn(result.output, y) + 0.1 * result.value
         else:
-            loss = loss_fn(model(x), y) + 0.1 * penalty(model, x[:k]).value
+            result = penalty(model, x, fraction=fraction)
+            loss = loss_fn(result.output, y) + 0.1 * result.value
         loss.backward()
         opt.step()
 

@@ -180,3 +180,23 @@ def test_bad_input_is_rejected_before_work() -> None:
     no_signal = NuisanceEstimate(est.factor, 0.0, est.spectrum, "input", (1, 4, 4), "p", {})
     with pytest.raises(ValueError, match="source labels"):
         PMHPenalty(no_signal, mode="signal")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("site", ["input", "2"])
+def test_fraction_uses_a_sub_batch_and_returns_the_full_output(estimator: str, site: str) -> None:
+    net = _net()
+    if site == "input":
+        est = _estimate(floor=0.01)
+    else:
+        hidden = torch.randn(100, 24, dtype=torch.float64)
+        est = from_second_moment_samples(hidden, site="2", shape=(24,), estimator="p", counts={}, rank=3)
+    x = _x(32)
+    partial = PMHPenalty(est, estimator=estimator, seed=3)(net, x, fraction=0.25)
+    direct = PMHPenalty(est, estimator=estimator, seed=3)(net, x[:8])
+    torch.testing.assert_close(partial.value, direct.value)
+    torch.testing.assert_close(partial.output, net(x))
+    partial.value.backward()
+    assert net[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fraction"):
+        PMHPenalty(est)(net, x, fraction=0.0)

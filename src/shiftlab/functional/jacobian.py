@@ -113,13 +113,20 @@ def jvp_energy(
 
 
 def fd_energy(
-    forward: Forward, tangents: torch.Tensor, weights: torch.Tensor, step: float, *, vectorize: bool = True
+    forward: Forward,
+    tangents: torch.Tensor,
+    weights: torch.Tensor,
+    step: float,
+    *,
+    vectorize: bool = True,
+    unperturbed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Energy:
     r"""Forward finite differences: :math:`J t \approx (h(s + \varepsilon t) - h(s)) / \varepsilon`.
 
     The error is :math:`O(\varepsilon \lVert t \rVert^2 \lVert \nabla^2 h \rVert)`; tangents should be of
     unit scale and ``step`` small against the site's own scale (1e-2 for inputs in [0, 1] is a good
-    default in float32, where a much smaller step loses digits to round-off).
+    default in float32, where a much smaller step loses digits to round-off). ``unperturbed`` passes an
+    already computed ``forward(0)`` (e.g. rows of the task forward pass) so it is not run again.
 
     Examples
     --------
@@ -132,7 +139,11 @@ def fd_energy(
     if not step > 0:
         raise ValueError(f"step must be > 0; got {step}")
     m = _check_blocks(tangents, weights)
-    base, output = forward(torch.zeros_like(tangents[0]))
+    base, output = forward(torch.zeros_like(tangents[0])) if unperturbed is None else unperturbed
+    if base.shape[0] != tangents.shape[1]:
+        raise ValueError(
+            f"unperturbed output has {base.shape[0]} rows; the tangents have {tangents.shape[1]}"
+        )
     if vectorize and m > 1:
         moved = torch.func.vmap(lambda t: forward(step * t)[0])(tangents)
     else:

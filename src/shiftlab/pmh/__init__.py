@@ -36,15 +36,18 @@ from shiftlab.pmh._estimators_pairs import adversarial, augmentation, style
 from shiftlab.pmh._matcher import PMHMatcher
 from shiftlab.pmh._penalty import ESTIMATORS as PENALTY_ESTIMATORS
 from shiftlab.pmh._penalty import PenaltyOutput, PMHPenalty
+from shiftlab.pmh._verdict import EXIT_CODES, Comparison, ShipVerdict, VerdictConfig, ship_verdict
 
 __all__ = [
     "DIGIT_AUGMENTATIONS",
     "ESTIMATORS",
+    "EXIT_CODES",
     "MODES",
     "PENALTY_ESTIMATORS",
     "ApplicabilityConfig",
     "ApplicabilityReport",
     "BudgetEpoch",
+    "Comparison",
     "EigengapCheck",
     "LossBudget",
     "NuisanceEstimate",
@@ -52,6 +55,8 @@ __all__ = [
     "PMHMatcher",
     "PMHPenalty",
     "PenaltyOutput",
+    "ShipVerdict",
+    "VerdictConfig",
     "adversarial",
     "augmentation",
     "check_applicability",
@@ -63,6 +68,7 @@ __all__ = [
     "isotropic",
     "random_rescale",
     "random_shift",
+    "ship_verdict",
     "style",
     "subspace",
     "suggest_nuisance",

@@ -179,23 +179,45 @@ class PMHPenalty(nn.Module):
 
         return run
 
-    def forward(self, model: nn.Module, x: torch.Tensor) -> PenaltyOutput:
-        """Penalty on batch ``x`` and the model's unperturbed output (reusable for the task loss)."""
+    def forward(self, model: nn.Module, x: torch.Tensor, *, fraction: float = 1.0) -> PenaltyOutput:
+        """Penalty on batch ``x`` and the model's unperturbed output on all of ``x`` (for the task loss).
+
+        With ``fraction < 1`` the penalty uses the first ``ceil(fraction * B)`` rows (an unbiased estimate
+        when batches are shuffled); ``fd`` then reuses those rows of the full forward pass as its
+        unperturbed point, so only the perturbed sub-batch costs extra.
+        """
         if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
             raise ValueError("x must be a non-empty batch tensor of shape (B, ...)")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor; got {x.dtype}")
+        if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
+            raise ValueError(f"fraction must lie in (0, 1]; got {fraction!r}")
         check_site_names(model, self.site, self.measure)
         if self.site == INPUT and tuple(x.shape[1:]) != self.shape:
             raise ValueError(
                 f"the estimate lives on inputs of shape {self.shape}; got a batch of {tuple(x.shape[1:])}"
             )
-        tangents, weights = self._tangents(x.shape[0], x)
-        run = self._forward_fn(model, x)
+        k = max(1, math.ceil(fraction * x.shape[0]))
+        sub = x[:k]
+        tangents, weights = self._tangents(k, x)
+        if self.site == INPUT:
+            tangents = tangents.reshape(tangents.shape[0], *sub.shape)
         vectorize = self.vectorize if isinstance(self.vectorize, bool) else not _updates_buffers(model)
-        tangents = tangents.reshape(tangents.shape[0], *x.shape) if self.site == INPUT else tangents
+        run = self._forward_fn(model, sub)
+        if k == x.shape[0]:
+            if self.estimator == "fd":
+                result = fd_energy(run, tangents, weights, self.fd_step, vectorize=vectorize)
+            else:
+                result = jvp_energy(run, tangents, weights, vectorize=vectorize)
+            return PenaltyOutput(result.energy.mean(), result.output)
+        full_measured, output = self._forward_fn(model, x)(
+            torch.zeros_like(tangents[0, :1]).expand(x.shape[0], *tangents.shape[2:])
+        )
         if self.estimator == "fd":
-            result = fd_energy(run, tangents, weights, self.fd_step, vectorize=vectorize)
+            unperturbed = (full_measured[:k], output[:k])
+            energy = fd_energy(
+                run, tangents, weights, self.fd_step, vectorize=vectorize, unperturbed=unperturbed
+            ).energy
         else:
-            result = jvp_energy(run, tangents, weights, vectorize=vectorize)
-        return PenaltyOutput(result.energy.mean(), result.output)
+            energy = jvp_energy(run, tangents, weights, vectorize=vectorize).energy
+        return PenaltyOutput(energy.mean(), output)
