@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from shiftlab._version import __version__
+from shiftlab.cli._ph import ph_app
 
 app = typer.Typer(
     name="shiftlab",
@@ -17,6 +18,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(ph_app, name="ph")
 
 
 def _version_callback(value: bool) -> None:

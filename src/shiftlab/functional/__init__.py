@@ -9,6 +9,8 @@ validates shapes and finiteness before any work starts.
   differences), the core of the PMH penalty.
 - :mod:`~shiftlab.functional.quantile`: quantile maps (mid-rank, Hazen positions) to a target
   distribution, their backward surrogates, Hazen quantiles, monotone piecewise-linear maps.
+- :mod:`~shiftlab.functional.topology`: exact H0 persistence (MST deaths, merge order, scipy-format
+  single-linkage dendrogram) by tiled Borůvka on CPU/CUDA; batched H0 total persistence.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
   p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
 """
@@ -54,6 +56,7 @@ from shiftlab.functional.stats import (
     rankdata,
     spearman,
 )
+from shiftlab.functional.topology import H0Diagram, h0_persistence, h0_total_persistence
 
 __all__ = [
     "GRAD_NAMES",
@@ -63,6 +66,7 @@ __all__ = [
     "BootstrapResult",
     "Eigengap",
     "Energy",
+    "H0Diagram",
     "PartialCorrelation",
     "PermutationTestResult",
     "SymmetricSpectrum",
@@ -76,6 +80,8 @@ __all__ = [
     "empirical_quantiles",
     "fd_energy",
     "group_map",
+    "h0_persistence",
+    "h0_total_persistence",
     "interp_map",
     "jvp_energy",
     "knot_levels",
