@@ -10,6 +10,7 @@ from rich.console import Console
 
 from shiftlab._version import __version__
 from shiftlab.cli._ph import ph_app
+from shiftlab.cli._pmh import pmh_app
 
 app = typer.Typer(
     name="shiftlab",
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 
 app.add_typer(ph_app, name="ph")
+app.add_typer(pmh_app, name="pmh")
 
 
 def _version_callback(value: bool) -> None:
