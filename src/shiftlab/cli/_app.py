@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 
 from shiftlab._version import __version__
+from shiftlab.cli._audit import audit_app
 from shiftlab.cli._ph import ph_app
 from shiftlab.cli._pmh import pmh_app
+from shiftlab.cli._try import try_command
 
 app = typer.Typer(
     name="shiftlab",
@@ -20,8 +22,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+app.add_typer(audit_app, name="audit")
 app.add_typer(ph_app, name="ph")
 app.add_typer(pmh_app, name="pmh")
+app.command("try")(try_command)
 
 
 def _version_callback(value: bool) -> None:

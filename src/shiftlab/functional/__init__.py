@@ -11,6 +11,12 @@ validates shapes and finiteness before any work starts.
   distribution, their backward surrogates, Hazen quantiles, monotone piecewise-linear maps.
 - :mod:`~shiftlab.functional.topology`: exact H0 persistence (MST deaths, merge order, scipy-format
   single-linkage dendrogram) by tiled Borůvka on CPU/CUDA; batched H0 total persistence.
+- :mod:`~shiftlab.functional.equivalence`: TOST for correlations, power, minimum detectable effect,
+  bootstrap intervals/p-values/TOST.
+- :mod:`~shiftlab.functional.cluster_bootstrap`: weighted ranks and (partial) correlations, cluster/block
+  bootstrap.
+- :mod:`~shiftlab.functional.crossfit`: cross-fitted (kernel ridge) nuisance residuals.
+- :mod:`~shiftlab.functional.per_sample`: per-sample gradients (torch.func) and their Gram matrix.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
   p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
 """
@@ -18,7 +24,27 @@ validates shapes and finiteness before any work starts.
 from __future__ import annotations
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
+from shiftlab.functional.cluster_bootstrap import (
+    WeightedCorrelations,
+    cluster_bootstrap,
+    cluster_bootstrap_weights,
+    weighted_correlations,
+    weighted_partial_correlation,
+    weighted_rankdata,
+)
 from shiftlab.functional.crossed import crossed_bootstrap_ci
+from shiftlab.functional.crossfit import crossfit_residuals, kernel_ridge_predict
+from shiftlab.functional.equivalence import (
+    BootstrapEquivalence,
+    EquivalenceTest,
+    bootstrap_interval,
+    bootstrap_p_value,
+    bootstrap_tost,
+    correlation_power,
+    equivalence_sample_size,
+    minimum_detectable_correlation,
+    tost_correlation,
+)
 from shiftlab.functional.jacobian import Energy, fd_energy, jvp_energy
 from shiftlab.functional.linalg import (
     Eigengap,
@@ -32,6 +58,7 @@ from shiftlab.functional.linalg import (
     stable_rank,
     symmetric_spectrum,
 )
+from shiftlab.functional.per_sample import per_sample_gradient_gram, per_sample_gradients
 from shiftlab.functional.quantile import (
     GRAD_NAMES,
     TARGET_NAMES,
@@ -63,33 +90,48 @@ __all__ = [
     "TARGET_NAMES",
     "ArrayLike",
     "BenjaminiHochberg",
+    "BootstrapEquivalence",
     "BootstrapResult",
     "Eigengap",
     "Energy",
+    "EquivalenceTest",
     "H0Diagram",
     "PartialCorrelation",
     "PermutationTestResult",
     "SymmetricSpectrum",
+    "WeightedCorrelations",
     "as_tensor",
     "benjamini_hochberg",
+    "bootstrap_interval",
+    "bootstrap_p_value",
+    "bootstrap_tost",
+    "cluster_bootstrap",
+    "cluster_bootstrap_weights",
+    "correlation_power",
     "covariance",
     "crossed_bootstrap_ci",
+    "crossfit_residuals",
     "effective_rank",
     "effective_rank_from_spectrum",
     "eigengap",
     "empirical_quantiles",
+    "equivalence_sample_size",
     "fd_energy",
     "group_map",
     "h0_persistence",
     "h0_total_persistence",
     "interp_map",
     "jvp_energy",
+    "kernel_ridge_predict",
     "knot_levels",
     "ledoit_wolf_shrinkage",
     "mean_difference",
+    "minimum_detectable_correlation",
     "paired_bootstrap_ci",
     "partial_correlation",
     "pearson",
+    "per_sample_gradient_gram",
+    "per_sample_gradients",
     "permutation_test",
     "principal_angles",
     "quantile_map",
@@ -98,4 +140,8 @@ __all__ = [
     "stable_rank",
     "symmetric_spectrum",
     "target_quantiles",
+    "tost_correlation",
+    "weighted_correlations",
+    "weighted_partial_correlation",
+    "weighted_rankdata",
 ]
