@@ -12,7 +12,7 @@ TEST_STAMP := $(VENV)/.stamp-test
 .PHONY: demo test lint bench clean-venv
 
 demo: $(DEMO_STAMP)
-	$(VENV)/bin/shiftlab doctor
+	$(VENV)/bin/shiftlab try --quick
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest
