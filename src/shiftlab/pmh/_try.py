@@ -180,6 +180,21 @@ def try_pmh(
     Returns
     -------
     PMHReport
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> def xy(n, shift=0.0):
+    ...     x = torch.randn(n, 4, generator=g); y = (x[:, 0] > 0).long(); x[:, 1] += shift
+    ...     return x, y
+    >>> (xp, yp) = xy(60, 2.0)
+    >>> data = ArmsData(xy(200), xy(100), xp, xy(100, 2.0), target_pool_labels=yp, target_val=xy(50, 2.0))
+    >>> net = lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> report = try_pmh(net, data, seeds=(0, 1), strengths=(0.1,), quiet=True,
+    ...                  config=TrainConfig(epochs=2, batch_size=50, device="cpu"))
+    >>> report.verdict.verdict in ("SHIP", "DO NOT SHIP", "INCONCLUSIVE")
+    True
     """
     arms_data = data if isinstance(data, ArmsData) else ArmsData.from_site_pair(data)
     source_x, source_y = arms_data.source_train
