@@ -18,13 +18,14 @@ Examples
 from __future__ import annotations
 
 from shiftlab.pmh._applicability import ApplicabilityConfig, ApplicabilityReport, check_applicability
-from shiftlab.pmh._arms import run_arms
+from shiftlab.pmh._arms import DEFAULT_STRENGTHS, run_arms
 from shiftlab.pmh._arms_data import ArmsData
-from shiftlab.pmh._arms_result import ArmRun, ArmsResult
+from shiftlab.pmh._arms_plan import ESTIMATE_KINDS
+from shiftlab.pmh._arms_result import PENALTY_ARMS, REFERENCE_ARMS, ArmRun, ArmsResult, Candidate
 from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS, random_rescale, random_shift, thicken_strokes
 from shiftlab.pmh._budget import BudgetEpoch, LossBudget
 from shiftlab.pmh._controls import MODES, control_estimate
-from shiftlab.pmh._digits import digits_budget, digits_mlp
+from shiftlab.pmh._digits import DigitsBudget, digits_budget, digits_mlp
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import (
     ESTIMATORS,
@@ -39,9 +40,10 @@ from shiftlab.pmh._estimators_moments import compositional, isotropic, temporal
 from shiftlab.pmh._estimators_pairs import adversarial, augmentation, style
 from shiftlab.pmh._frozen import FrozenConfig, FrozenReport, evaluate_frozen
 from shiftlab.pmh._matcher import PMHMatcher
-from shiftlab.pmh._metrics import deploy_drift, sensitivity_ratio
+from shiftlab.pmh._metrics import Drift, deploy_drift, sensitivity_ratio
 from shiftlab.pmh._penalty import ESTIMATORS as PENALTY_ESTIMATORS
 from shiftlab.pmh._penalty import PenaltyOutput, PMHPenalty
+from shiftlab.pmh._reference import coral_map, mix_augmentations, with_target_rows
 from shiftlab.pmh._routes import ROUTES, Route, RouteTable, route_table
 from shiftlab.pmh._train_config import BudgetSettings, TrainConfig
 from shiftlab.pmh._trainer import EpochLog, FitResult, PMHTrainer
@@ -49,11 +51,15 @@ from shiftlab.pmh._try import PMHReport, try_pmh
 from shiftlab.pmh._verdict import EXIT_CODES, Comparison, ShipVerdict, VerdictConfig, ship_verdict
 
 __all__ = [
+    "DEFAULT_STRENGTHS",
     "DIGIT_AUGMENTATIONS",
+    "ESTIMATE_KINDS",
     "ESTIMATORS",
     "EXIT_CODES",
     "MODES",
+    "PENALTY_ARMS",
     "PENALTY_ESTIMATORS",
+    "REFERENCE_ARMS",
     "ROUTES",
     "ApplicabilityConfig",
     "ApplicabilityReport",
@@ -62,7 +68,10 @@ __all__ = [
     "ArmsResult",
     "BudgetEpoch",
     "BudgetSettings",
+    "Candidate",
     "Comparison",
+    "DigitsBudget",
+    "Drift",
     "EigengapCheck",
     "EpochLog",
     "FitResult",
@@ -86,6 +95,7 @@ __all__ = [
     "check_applicability",
     "compositional",
     "control_estimate",
+    "coral_map",
     "deploy_drift",
     "digits_budget",
     "digits_mlp",
@@ -94,6 +104,7 @@ __all__ = [
     "estimate_nuisance",
     "evaluate_frozen",
     "isotropic",
+    "mix_augmentations",
     "random_rescale",
     "random_shift",
     "route_table",
@@ -106,4 +117,5 @@ __all__ = [
     "temporal",
     "thicken_strokes",
     "try_pmh",
+    "with_target_rows",
 ]
