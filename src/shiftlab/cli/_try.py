@@ -33,10 +33,10 @@ def try_command(
     ] = 1,
 ) -> None:
     """Train on MNIST, deploy on UCI digits: baseline, matched PMH, controls and references; SHIP or not."""
+    import torch
+
     from shiftlab.pmh._digits import digits_budget, digits_mlp
     from shiftlab.pmh._try import try_pmh
-
-    import torch
 
     if seeds < 1:
         raise typer.BadParameter("needs at least one seed", param_hint="--seeds")
