@@ -9,7 +9,9 @@ import pytest
 import shiftlab.pmh
 
 MODULES = sorted(
-    f"shiftlab.pmh.{info.name}" for info in pkgutil.iter_modules(shiftlab.pmh.__path__) if info.name.startswith("_")
+    f"shiftlab.pmh.{info.name}"
+    for info in pkgutil.iter_modules(shiftlab.pmh.__path__)
+    if info.name.startswith("_")
 )
 
 
