@@ -27,7 +27,14 @@ def main() -> None:
     baseline = _time("pass")
     anchor = _time("import torch")
     print(f"interpreter start: {baseline:.3f} s; import torch: {anchor - baseline:.3f} s (anchor)")
-    for target in ("shiftlab", "shiftlab.functional", "shiftlab.data", "shiftlab.report", "shiftlab.cli"):
+    for target in (
+        "shiftlab",
+        "shiftlab.functional",
+        "shiftlab.data",
+        "shiftlab.report",
+        "shiftlab.cli",
+        "shiftlab.generative",
+    ):
         total = _time(f"import torch, {target}")
         extra = total - anchor
         ratio = extra / (anchor - baseline)

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from shiftlab._version import __version__
 from shiftlab.cli._audit import audit_app
+from shiftlab.cli._generative import generative_app
 from shiftlab.cli._ph import ph_app
 from shiftlab.cli._pmh import pmh_app
 from shiftlab.cli._try import try_command
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 
 app.add_typer(audit_app, name="audit")
+app.add_typer(generative_app, name="perturb")
 app.add_typer(ph_app, name="ph")
 app.add_typer(pmh_app, name="pmh")
 app.command("try")(try_command)

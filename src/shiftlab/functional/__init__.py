@@ -17,6 +17,8 @@ validates shapes and finiteness before any work starts.
   bootstrap.
 - :mod:`~shiftlab.functional.crossfit`: cross-fitted (kernel ridge) nuisance residuals.
 - :mod:`~shiftlab.functional.per_sample`: per-sample gradients (torch.func) and their Gram matrix.
+- :mod:`~shiftlab.functional.transport`: exact W2 and plans (POT, optional), entropic plans, debiased
+  Sinkhorn divergences and displacements, sliced W2, barycentric maps.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
   p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
 """
@@ -84,6 +86,18 @@ from shiftlab.functional.stats import (
     spearman,
 )
 from shiftlab.functional.topology import H0Diagram, h0_persistence, h0_total_persistence
+from shiftlab.functional.transport import (
+    EntropicOT,
+    barycentric_map,
+    entropic_plan,
+    exact_plan,
+    multi_sinkhorn_displacement,
+    sinkhorn_displacement,
+    sinkhorn_divergence,
+    sliced_wasserstein2,
+    squared_distances,
+    wasserstein2,
+)
 
 __all__ = [
     "GRAD_NAMES",
@@ -94,6 +108,7 @@ __all__ = [
     "BootstrapResult",
     "Eigengap",
     "Energy",
+    "EntropicOT",
     "EquivalenceTest",
     "H0Diagram",
     "PartialCorrelation",
@@ -101,6 +116,7 @@ __all__ = [
     "SymmetricSpectrum",
     "WeightedCorrelations",
     "as_tensor",
+    "barycentric_map",
     "benjamini_hochberg",
     "bootstrap_interval",
     "bootstrap_p_value",
@@ -115,7 +131,9 @@ __all__ = [
     "effective_rank_from_spectrum",
     "eigengap",
     "empirical_quantiles",
+    "entropic_plan",
     "equivalence_sample_size",
+    "exact_plan",
     "fd_energy",
     "group_map",
     "h0_persistence",
@@ -127,6 +145,7 @@ __all__ = [
     "ledoit_wolf_shrinkage",
     "mean_difference",
     "minimum_detectable_correlation",
+    "multi_sinkhorn_displacement",
     "paired_bootstrap_ci",
     "partial_correlation",
     "pearson",
@@ -136,11 +155,16 @@ __all__ = [
     "principal_angles",
     "quantile_map",
     "rankdata",
+    "sinkhorn_displacement",
+    "sinkhorn_divergence",
+    "sliced_wasserstein2",
     "spearman",
+    "squared_distances",
     "stable_rank",
     "symmetric_spectrum",
     "target_quantiles",
     "tost_correlation",
+    "wasserstein2",
     "weighted_correlations",
     "weighted_partial_correlation",
     "weighted_rankdata",
