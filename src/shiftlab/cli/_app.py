@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from shiftlab._version import __version__
 from shiftlab.cli._audit import audit_app
 from shiftlab.cli._generative import generative_app
+from shiftlab.cli._output import emit
 from shiftlab.cli._ph import ph_app
 from shiftlab.cli._pmh import pmh_app
 from shiftlab.cli._try import try_command
@@ -57,12 +57,7 @@ def doctor(
     from shiftlab._doctor import doctor as run_doctor
 
     report = run_doctor()
-    if json_output:
-        typer.echo(report.to_json())
-    else:
-        report.render(Console())
-    if out is not None:
-        report.save(out)
+    emit(report, json_output=json_output, out=out)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from shiftlab.cli._output import emit
+
 __all__ = ["audit_app"]
 
 audit_app = typer.Typer(
@@ -80,9 +82,4 @@ def audit(
     except (ValueError, TypeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    if json_output:
-        typer.echo(result.to_json())
-    else:
-        result.render(Console())
-    if report is not None:
-        result.save(report)
+    emit(result, json_output=json_output, out=report)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from shiftlab.cli._output import emit
 
 generative_app = typer.Typer(
     help="Move a pretrained generator's output distribution with optimal transport (2-D toy).",
@@ -56,15 +57,10 @@ def _run(
         seed=seed,
         quiet=True if quiet or json_output else None,
     )
-    if json_output:
-        typer.echo(report.to_json())
-    else:
-        report.render(Console())
-    if out is not None:
-        report.save(out)
-        if plot:
-            for name, figure in report.figures().items():
-                atomic_write_bytes(out / f"{name.replace(' ', '_')}.png", figure_to_png(figure))
+    emit(report, json_output=json_output, out=out)
+    if out is not None and plot:
+        for name, figure in report.figures().items():
+            atomic_write_bytes(out / f"{name.replace(' ', '_')}.png", figure_to_png(figure))
 
 
 @generative_app.command("target")

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from shiftlab.cli._output import emit
 
 ph_app = typer.Typer(
     help="Topological training diagnostics: H0 persistence of class geometry.",
@@ -75,9 +76,4 @@ def train(
     except (ValueError, TypeError, DatasetNotAvailableError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
-    if json_output:
-        typer.echo(report.to_json())
-    else:
-        report.render(Console())
-    if out is not None:
-        report.save(out)
+    emit(report, json_output=json_output, out=out)

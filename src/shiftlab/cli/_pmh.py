@@ -9,6 +9,8 @@ import numpy as np
 import typer
 from rich.console import Console
 
+from shiftlab.cli._output import emit
+
 pmh_app = typer.Typer(
     help="Perturbation Matching: deploy stories and the frozen-feature gate.", no_args_is_help=True
 )
@@ -81,11 +83,6 @@ def evaluate(
     except (ValueError, TypeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    if json_output:
-        typer.echo(result.to_json())
-    else:
-        result.render(Console())
-    if report is not None:
-        result.save(report)
+    emit(result, json_output=json_output, out=report)
     if gate:
         raise typer.Exit(result.verdict.exit_code)
