@@ -317,6 +317,7 @@ def _quantile_slope(target: Target, levels: torch.Tensor, table: torch.Tensor) -
             q = target.icdf(levels.to(target.mean.dtype))
             return torch.exp(-target.log_prob(q)).to(torch.float64)
         except NotImplementedError:
+            # no closed-form icdf/log_prob: fall through to the slope of the quantile table below
             pass
     t = table.detach().to(torch.float64)
     if t.shape[0] < 2:
