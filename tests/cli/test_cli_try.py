@@ -23,3 +23,14 @@ def test_try_quick_json_reports_every_arm_seed_ci_and_the_verdict(tmp_path) -> N
     assert payload["verdict"]["verdict"] in EXIT_CODES
     assert payload["applicability"] == "go"
     assert (tmp_path / "report.html").is_file() and (tmp_path / "report.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--metric", "f1"], "unknown metric"), (["--margin", "-0.5"], "margin must be")],
+)
+def test_try_rejects_a_bad_metric_or_margin_before_training(tmp_path, args, message) -> None:
+    result = runner.invoke(app, ["try", "--quick", "--report", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "report.json").exists()

@@ -31,17 +31,35 @@ def try_command(
             help="CPU threads for torch (small models train fastest on one; measured 10 s vs 94 s)."
         ),
     ] = 1,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="Deploy metric for λ and the verdict: accuracy, balanced_accuracy, neg_log_loss, neg_brier."
+        ),
+    ] = "accuracy",
+    margin: Annotated[
+        float,
+        typer.Option(help="Smallest deploy gain over baseline worth shipping, in the metric's units."),
+    ] = 0.01,
 ) -> None:
     """Train on MNIST, deploy on UCI digits: baseline, matched PMH, controls and references; SHIP or not."""
     import torch
 
+    from shiftlab.pmh._deploy_metric import METRICS
     from shiftlab.pmh._digits import digits_budget, digits_mlp
     from shiftlab.pmh._try import try_pmh
+    from shiftlab.pmh._verdict import VerdictConfig
 
     if seeds < 1:
         raise typer.BadParameter("needs at least one seed", param_hint="--seeds")
     if threads < 1:
         raise typer.BadParameter("needs at least one thread", param_hint="--threads")
+    if metric not in METRICS:
+        raise typer.BadParameter(f"unknown metric; choose from {', '.join(METRICS)}", param_hint="--metric")
+    try:
+        verdict_config = VerdictConfig(margin=margin)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--margin") from err
     torch.set_num_threads(threads)
     budget = digits_budget(quick=quick)
     try:
@@ -51,6 +69,8 @@ def try_command(
             seeds=tuple(range(seeds)),
             strengths=budget.strengths,
             config=budget.config,
+            verdict_config=verdict_config,
+            metric=metric,
             quiet=quiet or json_output,
         )
     except (ValueError, RuntimeError) as err:

@@ -25,6 +25,7 @@ from shiftlab.pmh._arms_result import PENALTY_ARMS, REFERENCE_ARMS, ArmRun, Arms
 from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS, random_rescale, random_shift, thicken_strokes
 from shiftlab.pmh._budget import BudgetEpoch, LossBudget
 from shiftlab.pmh._controls import MODES, control_estimate
+from shiftlab.pmh._deploy_metric import METRICS, DeployMetric
 from shiftlab.pmh._digits import DigitsBudget, digits_budget, digits_mlp
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import (
@@ -56,6 +57,7 @@ __all__ = [
     "ESTIMATE_KINDS",
     "ESTIMATORS",
     "EXIT_CODES",
+    "METRICS",
     "MODES",
     "PENALTY_ARMS",
     "PENALTY_ESTIMATORS",
@@ -70,6 +72,7 @@ __all__ = [
     "BudgetSettings",
     "Candidate",
     "Comparison",
+    "DeployMetric",
     "DigitsBudget",
     "Drift",
     "EigengapCheck",

@@ -38,13 +38,14 @@ from shiftlab.pmh._arms_result import (
 )
 from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS
 from shiftlab.pmh._controls import control_estimate
+from shiftlab.pmh._deploy_metric import DeployMetric, model_logits, resolve_metric
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import estimate_nuisance
 from shiftlab.pmh._layers import INPUT, OUTPUT
 from shiftlab.pmh._metrics import deploy_drift, sensitivity_ratio
 from shiftlab.pmh._reference import coral_map, mix_augmentations, with_target_rows
 from shiftlab.pmh._train_config import TrainConfig
-from shiftlab.pmh._train_data import predictions, progress
+from shiftlab.pmh._train_data import progress
 from shiftlab.pmh._trainer import FitResult, PMHTrainer
 
 __all__ = ["DEFAULT_STRENGTHS", "ESTIMATE_KINDS", "run_arms"]
@@ -70,23 +71,27 @@ def _check_controls(estimate: NuisanceEstimate, arms: Sequence[str]) -> None:
 
 
 def _measure(
-    fit: FitResult, estimate: NuisanceEstimate, data: ArmsData, measure: str, detailed: bool
+    fit: FitResult,
+    estimate: NuisanceEstimate,
+    data: ArmsData,
+    measure: str,
+    metric: DeployMetric,
+    detailed: bool,
 ) -> dict[str, Any]:
     model = fit.model
-    xh, yh = data.target_holdout
-    correct = predictions(model, xh) == yh.cpu()
-    out: dict[str, Any] = {
-        "correct": correct,
-        "deploy_accuracy": float(correct.double().mean()),
-        "source_val_accuracy": float(
-            (predictions(model, data.source_val[0]) == data.source_val[1].cpu()).double().mean()
-        ),
-        "target_val_accuracy": None,
-    }
-    if data.target_val is not None:
-        xv, yv = data.target_val
-        out["target_val_accuracy"] = float((predictions(model, xv) == yv.cpu()).double().mean())
+    out: dict[str, Any] = {"target_val_accuracy": None, "target_val_score": None}
+    splits = {"deploy": data.target_holdout, "source_val": data.source_val, "target_val": data.target_val}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        logits, labels = model_logits(model, split[0]), split[1].cpu()
+        correct = logits.argmax(dim=1) == labels
+        scores = metric.score(logits, labels)
+        out[f"{name}_accuracy"], out[f"{name}_score"] = float(correct.double().mean()), float(scores.mean())
+        if name == "deploy":
+            out["correct"], out["scores"] = correct, scores
     if detailed:
+        xh = data.target_holdout[0]
         drift = deploy_drift(model, estimate, xh, measure=measure, seed=METRIC_SEED)
         out["drift_sigma"], out["drift_complement"] = drift.along, drift.complement
         out["sensitivity_ratio"] = sensitivity_ratio(model, estimate, xh, measure=measure, seed=METRIC_SEED)
@@ -102,6 +107,8 @@ def _run(
         selection=selection,
         strength=fit.strength,
         correct=metrics["correct"],
+        scores=metrics["scores"],
+        deploy_score=metrics["deploy_score"],
         deploy_accuracy=metrics["deploy_accuracy"],
         source_val_accuracy=metrics["source_val_accuracy"],
         target_val_accuracy=metrics["target_val_accuracy"],
@@ -130,6 +137,7 @@ def run_arms(
     measure: str = OUTPUT,
     augmentations: Sequence[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] | None = None,
     config: TrainConfig | None = None,
+    metric: str | DeployMetric = "accuracy",
     quiet: bool = False,
 ) -> ArmsResult:
     r"""Train every arm for every seed and measure it on the deploy holdout.
@@ -168,6 +176,10 @@ def run_arms(
         (default :data:`~shiftlab.pmh.DIGIT_AUGMENTATIONS`).
     config
         :class:`TrainConfig`; ``seed`` and ``strength`` are set per run.
+    metric
+        The deploy metric (:class:`DeployMetric` or a built-in name: ``accuracy``,
+        ``balanced_accuracy``, ``neg_log_loss``, ``neg_brier``): λ is chosen by it on the selection split
+        and the verdict compares it. Accuracy is always recorded beside it.
     quiet
         No progress bar.
 
@@ -201,6 +213,7 @@ def run_arms(
     (torch.Size([2]), 'target_val')
     """
     arms_data = data if isinstance(data, ArmsData) else ArmsData.from_site_pair(data)
+    deploy_metric = resolve_metric(metric)
     penalty_arms = check_choices(arms, PENALTY_ARMS, "arms")
     seed_list, grid = check_numbers(seeds, strengths)
     if selection not in (*SELECTIONS, "both"):
@@ -249,6 +262,7 @@ def run_arms(
         selections=SELECTIONS if selection == "both" else (selection,),
         augmentations=tuple(augmentations or DIGIT_AUGMENTATIONS),
         estimate=global_estimate,
+        metric=deploy_metric,
     )
     n_penalised = len(penalty_arms) - ("baseline" in penalty_arms)
     total = len(seed_list) * (("baseline" in penalty_arms) + n_penalised * len(grid) + len(refs))
@@ -272,6 +286,7 @@ def run_arms(
         config=config,
         estimation=describe(plan, first, arms_data, how),
         estimates=estimates,
+        metric=deploy_metric.name,
     )
 
 
@@ -290,6 +305,10 @@ class _Experiment:
     selections: tuple[str, ...]
     augmentations: tuple[Any, ...]
     estimate: NuisanceEstimate | None
+    metric: DeployMetric
+
+    def _measure(self, fit: FitResult, est: NuisanceEstimate, detailed: bool) -> dict[str, Any]:
+        return _measure(fit, est, self.data, self.measure, self.metric, detailed)
 
     def _fit(
         self,
@@ -309,7 +328,7 @@ class _Experiment:
         return trainer, trainer.fit(self.data.source_train if train is None else train, quiet=True, **kwargs)
 
     def _run(self, arm: str, seed: int, selection: str, fit: FitResult, est: NuisanceEstimate) -> ArmRun:
-        metrics = _measure(fit, self._metric_estimate(fit, est), self.data, self.measure, detailed=True)
+        metrics = self._measure(fit, self._metric_estimate(fit, est), detailed=True)
         return _run(arm, seed, selection, fit, metrics, ())
 
     def _metric_estimate(self, fit: FitResult, est: NuisanceEstimate) -> NuisanceEstimate:
@@ -349,21 +368,25 @@ class _Experiment:
             tried = []
             for strength in self.grid:
                 _, result = self._fit(init, seed, strength, estimate=est, mode=arm, recipe=recipe)
-                tried.append((result, _measure(result, est, self.data, self.measure, detailed=False)))
+                tried.append((result, self._measure(result, est, detailed=False)))
                 advance(f"seed {seed}: {arm} λ={strength:g}")
             cands = tuple(
                 Candidate(
-                    r.strength, m["source_val_accuracy"], m["target_val_accuracy"], m["deploy_accuracy"]
+                    r.strength,
+                    m["source_val_accuracy"],
+                    m["target_val_accuracy"],
+                    m["deploy_accuracy"],
+                    m["source_val_score"],
+                    m["target_val_score"],
+                    m["deploy_score"],
                 )
                 for r, m in tried
             )
             for sel in self.selections:
-                key = f"{sel}_accuracy"
+                key = f"{sel}_score"
                 best = max(range(len(tried)), key=lambda i: (tried[i][1][key], -i))
                 chosen = tried[best][0]
-                metrics = _measure(
-                    chosen, self._metric_estimate(chosen, est), self.data, self.measure, detailed=True
-                )
+                metrics = self._measure(chosen, self._metric_estimate(chosen, est), detailed=True)
                 runs.append(_run(arm, seed, sel, chosen, metrics, cands))
         for ref in self.references:
             runs.append(self._run(ref, seed, FIXED, self._reference(ref, init, seed), est))

@@ -25,12 +25,16 @@ FIXED = "fixed"
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One strength λ of a penalised arm: its accuracies on both selection splits and the holdout."""
+    """One strength λ of a penalised arm: its accuracies and deploy-metric values on both selection splits
+    and the holdout (λ is chosen by the metric)."""
 
     strength: float
     source_val_accuracy: float
     target_val_accuracy: float | None
     deploy_accuracy: float
+    source_val_score: float
+    target_val_score: float | None
+    deploy_score: float
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -47,6 +51,9 @@ class ArmRun:
         The chosen λ (0 for baseline and reference arms).
     correct
         bool ``(n_holdout,)``: is each deploy-holdout row classified correctly.
+    scores, deploy_score
+        float64 ``(n_holdout,)`` per-example deploy-metric scores and their mean (equal to ``correct``
+        and ``deploy_accuracy`` for the ``accuracy`` metric).
     deploy_accuracy, source_val_accuracy, target_val_accuracy
         Accuracy on the holdout, the source validation split, the target validation split (or ``None``).
     drift_sigma, drift_complement
@@ -65,6 +72,8 @@ class ArmRun:
     selection: str
     strength: float
     correct: torch.Tensor
+    scores: torch.Tensor
+    deploy_score: float
     deploy_accuracy: float
     source_val_accuracy: float
     target_val_accuracy: float | None
@@ -104,6 +113,8 @@ class ArmsResult:
         In words: which rows estimated Σ, and how their disjointness from the holdout was checked.
     estimates
         Seed → matched Σ used for that seed.
+    metric
+        Name of the deploy metric λ was chosen by and the verdict compares.
     """
 
     runs: tuple[ArmRun, ...]
@@ -116,6 +127,7 @@ class ArmsResult:
     config: TrainConfig
     estimation: str
     estimates: Mapping[int, NuisanceEstimate]
+    metric: str = "accuracy"
 
     @property
     def selections(self) -> tuple[str, ...]:
@@ -144,6 +156,10 @@ class ArmsResult:
         """bool ``(K seeds, n_holdout)``: per-example holdout correctness, rows in ``seeds`` order."""
         return torch.stack([r.correct for r in self.runs_for(arm, selection)])
 
+    def scores(self, arm: str, selection: str | None = None) -> torch.Tensor:
+        """float64 ``(K seeds, n_holdout)``: per-example deploy-metric scores, rows in ``seeds`` order."""
+        return torch.stack([r.scores for r in self.runs_for(arm, selection)])
+
     def source_val(self, arm: str, selection: str | None = None) -> torch.Tensor:
         """float64 ``(K,)`` source-validation accuracy per seed."""
         runs = self.runs_for(arm, selection)
@@ -157,8 +173,9 @@ class ArmsResult:
     def table(self) -> list[dict[str, Any]]:
         """One row per arm and selection split: means ± std over seeds and the λ chosen per seed.
 
-        Columns: ``arm, selection, strengths, deploy_mean, deploy_std, source_val_mean, source_val_std,
-        target_val_mean, drift_sigma, drift_complement, drift_ratio, sensitivity_ratio, seeds``
+        Columns: ``arm, selection, strengths, deploy_mean, deploy_std`` (accuracy), ``metric,
+        metric_mean, metric_std`` (the deploy metric), ``source_val_mean, source_val_std, target_val_mean,
+        drift_sigma, drift_complement, drift_ratio, sensitivity_ratio, seeds``
         (arms without λ appear once, with selection ``"fixed"``). See :func:`run_arms` for an example.
         """
         rows: list[dict[str, Any]] = []
@@ -167,6 +184,7 @@ class ArmsResult:
             for sel in self.selections[:1] if fixed else self.selections:
                 runs = self.runs_for(arm, sel)
                 deploy = _mean_std([r.deploy_accuracy for r in runs])
+                score = _mean_std([r.deploy_score for r in runs])
                 source = _mean_std([r.source_val_accuracy for r in runs])
                 target = [r.target_val_accuracy for r in runs if r.target_val_accuracy is not None]
                 along = _mean_std([r.drift_sigma for r in runs])[0]
@@ -178,6 +196,9 @@ class ArmsResult:
                         "strengths": [r.strength for r in runs],
                         "deploy_mean": deploy[0],
                         "deploy_std": deploy[1],
+                        "metric": self.metric,
+                        "metric_mean": score[0],
+                        "metric_std": score[1],
                         "source_val_mean": source[0],
                         "source_val_std": source[1],
                         "target_val_mean": _mean_std(target)[0],

@@ -17,6 +17,7 @@ from shiftlab.pmh._applicability import check_applicability
 from shiftlab.pmh._arms import run_arms
 from shiftlab.pmh._arms_data import ArmsData
 from shiftlab.pmh._arms_result import ArmsResult
+from shiftlab.pmh._deploy_metric import DeployMetric
 from shiftlab.pmh._estimators import eigengap_check
 from shiftlab.pmh._train_config import TrainConfig
 from shiftlab.pmh._verdict import ShipVerdict, VerdictConfig, ship_verdict
@@ -45,6 +46,7 @@ class PMHReport(Report):
     arms_table: tuple[Mapping[str, Any], ...]
     split_hashes: Mapping[str, str]
     seeds: tuple[int, ...]
+    metric: str = "accuracy"
 
     def headline(self) -> str:
         return self.verdict.headline()
@@ -56,20 +58,24 @@ class PMHReport(Report):
             "applicability": self.applicability,
             "estimator": self.estimator,
             "rank": self.rank,
+            "deploy metric": self.metric,
             "seeds": len(self.seeds),
             "recommendation": self.verdict.recommendation or "-",
         }
 
     def deploy_summary(self) -> str:
         """A few lines a person reads first: deploy accuracy per arm, the verdict, what to do instead."""
+        extra = self.metric != "accuracy"
+        what = f"accuracy, then {self.metric}" if extra else "accuracy"
         lines = [
-            f"Deploy holdout accuracy (mean ± sd over {len(self.seeds)} seeds; λ chosen on {self.selection}):"
+            f"Deploy holdout {what} (mean ± sd over {len(self.seeds)} seeds; λ chosen on {self.selection}):"
         ]
         for row in self.arms_table:
             if row["selection"] in (self.selection, "fixed"):
-                lines.append(
-                    f"  {row['arm']:<12} {row['deploy_mean'] * 100:6.2f} ± {row['deploy_std'] * 100:.2f}"
-                )
+                line = f"  {row['arm']:<12} {row['deploy_mean'] * 100:6.2f} ± {row['deploy_std'] * 100:.2f}"
+                if extra:
+                    line += f"   {row['metric_mean']:.4f} ± {row['metric_std']:.4f}"
+                lines.append(line)
         lines.append(f"Verdict: {self.verdict.verdict}")
         lines.extend(f"  - {r}" for r in self.verdict.reasons)
         for split, other in self.other_verdicts.items():
@@ -84,6 +90,7 @@ class PMHReport(Report):
             "λ on",
             "deploy",
             "sd",
+            self.metric,
             "source val",
             "drift Σ",
             "drift ⊥",
@@ -96,6 +103,7 @@ class PMHReport(Report):
                 r["selection"],
                 r["deploy_mean"],
                 r["deploy_std"],
+                r["metric_mean"],
                 r["source_val_mean"],
                 r["drift_sigma"],
                 r["drift_complement"],
@@ -144,9 +152,9 @@ class PMHReport(Report):
 
 
 def _verdict_for(result: ArmsResult, selection: str, config: VerdictConfig) -> ShipVerdict:
-    deploy = {arm: result.correctness(arm, selection).double() for arm in result.arms}
+    deploy = {arm: result.scores(arm, selection) for arm in result.arms}
     source = {arm: result.source_val(arm, selection) for arm in result.arms}
-    return ship_verdict(deploy, source, config)
+    return ship_verdict(deploy, source, config, metric=result.metric)
 
 
 def try_pmh(
@@ -159,6 +167,7 @@ def try_pmh(
     selection: str = "both",
     config: TrainConfig | None = None,
     verdict_config: VerdictConfig | None = None,
+    metric: str | DeployMetric = "accuracy",
     quiet: bool = False,
 ) -> PMHReport:
     """Check, estimate, train every arm, and decide.
@@ -175,7 +184,9 @@ def try_pmh(
     seeds, strengths, selection, config
         As in :func:`run_arms`.
     verdict_config
-        Margin, source tolerance, α, minimum seeds of the verdict.
+        Margin (in the metric's units), source tolerance, α, minimum seeds of the verdict.
+    metric
+        Deploy metric (see :func:`run_arms`); λ is chosen and the verdict decided by it.
 
     Returns
     -------
@@ -212,6 +223,7 @@ def try_pmh(
         strengths=strengths,
         selection=selection,
         config=config,
+        metric=metric,
         quiet=quiet,
     )
     vconfig = verdict_config or VerdictConfig()
@@ -234,4 +246,5 @@ def try_pmh(
         arms_table=tuple(result.table()),
         split_hashes=dict(result.split_hashes),
         seeds=tuple(result.seeds),
+        metric=result.metric,
     )

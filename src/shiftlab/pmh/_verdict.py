@@ -132,10 +132,25 @@ class ShipVerdict(Report):
         )
 
 
-def _points(c: Comparison, sign: int = 1) -> str:
-    """'d points (CI lo to hi)' for ``sign * (arm - other)``, in accuracy points."""
-    lo, hi = sorted((sign * c.ci_low * 100, sign * c.ci_high * 100))
-    return f"{sign * c.difference * 100:.2f} points (CI {lo:.2f} to {hi:.2f})"
+#: Metrics on a 0-1 accuracy scale, reported in points (×100); any other metric in its own units.
+POINT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Units:
+    metric: str
+
+    def value(self, v: float) -> str:
+        if self.metric in POINT_METRICS:
+            return f"{v * 100:.2f} points"
+        return f"{v:.4f} ({self.metric})"
+
+    def diff(self, c: Comparison, sign: int = 1) -> str:
+        """'d (CI lo to hi)' for ``sign * (arm - other)``."""
+        scale = 100 if self.metric in POINT_METRICS else 1
+        lo, hi = sorted((sign * c.ci_low * scale, sign * c.ci_high * scale))
+        digits = 2 if scale == 100 else 4
+        return f"{self.value(sign * c.difference)} (CI {lo:.{digits}f} to {hi:.{digits}f})"
 
 
 def _scores(deploy: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -160,6 +175,7 @@ def ship_verdict(
     deploy: Mapping[str, Any],
     source_val: Mapping[str, Any] | None = None,
     config: VerdictConfig = VerdictConfig(),
+    metric: str = "accuracy",
 ) -> ShipVerdict:
     """Decide SHIP / DO NOT SHIP / INCONCLUSIVE for the matched arm.
 
@@ -172,7 +188,10 @@ def ship_verdict(
     source_val
         Arm name -> (K,) source-validation accuracy per seed (required for SHIP).
     config
-        Margin, tolerance, α, resamples, minimum seeds.
+        Margin, tolerance, α, resamples, minimum seeds. The margin is in the deploy metric's units.
+    metric
+        Name of the deploy metric, for the reasons: ``accuracy`` and ``balanced_accuracy`` are written
+        in points (×100), any other metric in its own units.
 
     Examples
     --------
@@ -204,7 +223,9 @@ def ship_verdict(
     against: list[str] = []
     missing: list[str] = []
     passed: list[str] = []
-    margin = f"the {config.margin * 100:.2f}-point margin"
+    units = _Units(metric)
+    _points = units.diff
+    margin = f"the margin of {units.value(config.margin)}"
     base = compare("baseline")
     if base.ci_low > config.margin:
         passed.append(f"matched beats baseline by {_points(base)}, above {margin}")
