@@ -13,6 +13,7 @@ Run::
 
     .venv/bin/python examples/groupmap_fashion.py --quick      # 2k train / 1k test images, 2 epochs, 2 seeds
     .venv/bin/python examples/groupmap_fashion.py              # 60k / 10k, 8 epochs, 3 seeds
+    python examples/groupmap_fashion.py --device cuda           # the same on a GPU
 
 Prints test accuracy (mean and sd over seeds) and median seconds per training epoch per arm, and writes
 every per-seed number as JSON (``--out``). Wall times on a shared machine are noisy.
@@ -111,6 +112,11 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 5
     return correct / len(x)
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run_arm(
     arm: str,
     seed: int,
@@ -118,18 +124,23 @@ def run_arm(
     epochs: int,
     batch: int = 64,
     lr: float = 2e-3,
+    device: str = "cpu",
 ) -> dict[str, object]:
-    """Train one arm from ``seed``; return per-epoch test accuracy, train loss and seconds."""
-    x_train, y_train, x_test, y_test = data
+    """Train one arm from ``seed``; return per-epoch test accuracy, train loss and seconds.
+
+    The model is built on the CPU from the seed (the same initial weights on every device), then moved.
+    """
+    x_train, y_train, x_test, y_test = (t.to(device) for t in data)
     torch.manual_seed(seed)
-    model = make_cnn(arm)
+    model = make_cnn(arm).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(seed)
     accs, losses, seconds = [], [], []
     first_conv_grad = 0.0
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(x_train), generator=shuffle)
+        order = torch.randperm(len(x_train), generator=shuffle).to(device)
+        _sync(device)
         start = time.perf_counter()
         total = 0.0
         for i in range(0, len(order), batch):
@@ -141,6 +152,7 @@ def run_arm(
             first_conv_grad = 0.0 if grad is None else float(grad.norm())
             opt.step()
             total += loss.item() * len(idx)
+        _sync(device)
         seconds.append(time.perf_counter() - start)
         losses.append(total / len(order))
         accs.append(_accuracy(model, x_test, y_test))
@@ -163,6 +175,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--test-size", type=int)
     parser.add_argument("--out", type=Path, default=Path("groupmap_fashion.json"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     epochs = args.epochs or (2 if args.quick else 8)
@@ -172,12 +185,12 @@ def main() -> None:
     train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_train]
     data = (train.images[pick], train.labels[pick], test.images[:n_test], test.labels[:n_test])
-    print(f"Fashion-MNIST: {n_train} train / {n_test} test images, {epochs} epochs, seeds {seeds}")
+    print(f"Fashion-MNIST: {n_train} train / {n_test} test, {epochs} epochs, seeds {seeds}, {args.device}")
 
     runs = []
     for arm in args.arms:
         for seed in seeds:
-            res = run_arm(arm, seed, data, epochs)
+            res = run_arm(arm, seed, data, epochs, device=args.device)
             runs.append(res)
             acc = res["test_accuracy"]
             sec = res["seconds_per_epoch"]

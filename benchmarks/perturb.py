@@ -6,8 +6,9 @@ latents; repeated with several seeds (medians reported, because wall time on a s
 CUDA (when available): 10,000 particles with debiased entropic plans (exact plans are CPU-only and cubic),
 validation still exact on 2,000 latents (POT on the CPU).
 
-    .venv/bin/python benchmarks/generative_perturb.py                 # CPU (and CUDA if present)
-    .venv/bin/python benchmarks/generative_perturb.py --threads 2     # intra-op threads matter on CPU
+    .venv/bin/python benchmarks/perturb.py                 # CPU (and CUDA if present)
+    python benchmarks/perturb.py --skip-cpu               # the GPU part only
+    .venv/bin/python benchmarks/perturb.py --threads 2     # intra-op threads matter on CPU
 
 The WGAN-GP pretraining (not timed as part of perturbation) is cached in --checkpoint.
 """
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--gpu-particles", type=int, default=10_000)
+    parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = _generator(args.checkpoint, args.pretrain_steps)
@@ -125,8 +127,9 @@ def main() -> None:
         f"generator {sum(p.numel() for p in gen.parameters())} parameters"
     )
     seeds = list(range(args.seeds))
-    print("CPU, 1,000 particles, exact plans:")
-    _run(gen, "cpu", 1000, 1000, seeds, args.max_steps)
+    if not args.skip_cpu:
+        print("CPU, 1,000 particles, exact plans:")
+        _run(gen, "cpu", 1000, 1000, seeds, args.max_steps)
     if torch.cuda.is_available():
         print(f"CUDA ({torch.cuda.get_device_name(0)}), {args.gpu_particles} particles, entropic plans:")
         _run(gen, "cuda", args.gpu_particles, 2000, seeds, args.max_steps)
