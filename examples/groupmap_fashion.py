@@ -176,13 +176,15 @@ def main() -> None:
     parser.add_argument("--test-size", type=int)
     parser.add_argument("--out", type=Path, default=Path("groupmap_fashion.json"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--data-dir", type=Path, help="folder of the Fashion-MNIST idx files")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     epochs = args.epochs or (2 if args.quick else 8)
     n_train = args.train_size or (2000 if args.quick else 60000)
     n_test = args.test_size or (1000 if args.quick else 10000)
 
-    train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+    train = load("fashion-mnist", "train", root=args.data_dir)
+    test = load("fashion-mnist", "test", root=args.data_dir)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_train]
     data = (train.images[pick], train.labels[pick], test.images[:n_test], test.labels[:n_test])
     print(f"Fashion-MNIST: {n_train} train / {n_test} test, {epochs} epochs, seeds {seeds}, {args.device}")
