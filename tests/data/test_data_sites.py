@@ -50,6 +50,7 @@ def test_default_sizes_shapes_and_ranges(pair: SitePair) -> None:
     assert pair.class_names == tuple(str(k) for k in range(10))
     assert "ink bounding box" in pair.preprocessing and "maximum" in pair.preprocessing
     assert pair.provenance["source"].source == "mnist" and pair.provenance["target"].n == 1797
+    assert ", ".join(f"{k}={v}" for k, v in sizes.items()) in repr(pair)
 
 
 @pytest.mark.slow

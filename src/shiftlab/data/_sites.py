@@ -209,7 +209,7 @@ class SitePair:
         }
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.index_sets().items())
+        sizes = ", ".join(f"{k}={len(idx)}" for k, (_, idx) in self.index_sets().items())
         return (
             f"SitePair({self.source!r} -> {self.target!r}, resolution={self.resolution}, "
             f"seed={self.seed}, {sizes})"
