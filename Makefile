@@ -38,7 +38,7 @@ $(DEMO_STAMP): pyproject.toml $(TORCH_STAMP)
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(DEMO_STAMP)
-	$(PIP) install -e ".[dev,data]"
+	$(PIP) install -e ".[dev,data,lightning,logging,hf,text]"
 	touch $@
 
 clean-venv:

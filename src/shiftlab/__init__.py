@@ -15,7 +15,18 @@ from typing import Any
 
 from shiftlab._version import __version__
 
-_SUBPACKAGES = ("functional", "data", "report", "cli", "nn", "pmh", "topology", "audit", "generative")
+_SUBPACKAGES = (
+    "functional",
+    "data",
+    "report",
+    "cli",
+    "nn",
+    "pmh",
+    "topology",
+    "audit",
+    "generative",
+    "integrations",
+)
 #: Public callables re-exported lazily: name -> defining module.
 _LAZY_ATTRIBUTES = {"doctor": "shiftlab._doctor"}
 

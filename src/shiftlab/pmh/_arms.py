@@ -268,7 +268,9 @@ def run_arms(
     total = len(seed_list) * (("baseline" in penalty_arms) + n_penalised * len(grid) + len(refs))
     runs: list[ArmRun] = []
     estimates: dict[int, NuisanceEstimate] = {}
-    with progress(quiet, total, "PMH arms") as advance:
+    dist = torch.distributed
+    lead = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    with progress(quiet or not lead, total, "PMH arms") as advance:
         for seed in seed_list:
             seed_runs, estimates[seed] = experiment.seed(seed, initial_model(model, seed), advance)
             runs.extend(seed_runs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shiftlab.pmh._estimate import NuisanceEstimate
@@ -46,9 +46,18 @@ def estimate_nuisance(kind: str, **kwargs: Any) -> NuisanceEstimate:
     >>> est.estimator, est.floor
     ('isotropic', 0.25)
     """
-    if not isinstance(kind, str) or kind not in ESTIMATORS:
-        raise ValueError(f"unknown nuisance kind {kind!r}; choose one of: {', '.join(ESTIMATORS)}")
-    fn = ESTIMATORS[kind]
+    return pick(ESTIMATORS, kind, kwargs, "estimate_nuisance")(**kwargs)
+
+
+def pick(table: Mapping[str, Callable[..., Any]], kind: str, kwargs: Mapping[str, Any], caller: str) -> Any:
+    """``table[kind]``, after checking ``kind`` and the keywords against the function's signature.
+
+    An unknown ``kind`` raises ``ValueError`` listing the kinds; unknown or missing keywords raise
+    ``TypeError`` naming the accepted ones.
+    """
+    if not isinstance(kind, str) or kind not in table:
+        raise ValueError(f"unknown nuisance kind {kind!r}; choose one of: {', '.join(table)}")
+    fn = table[kind]
     params = inspect.signature(fn).parameters
     accepted = list(params)
     required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
@@ -61,10 +70,10 @@ def estimate_nuisance(kind: str, **kwargs: Any) -> NuisanceEstimate:
         if missing:
             problems.append(f"missing required keyword(s) {missing}")
         raise TypeError(
-            f"estimate_nuisance({kind!r}): {'; '.join(problems)}. Accepted: {', '.join(accepted)} "
+            f"{caller}({kind!r}): {'; '.join(problems)}. Accepted: {', '.join(accepted)} "
             f"(required: {', '.join(required) or 'none'})"
         )
-    return fn(**kwargs)
+    return fn
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,16 +192,28 @@ def class_counts(labels: torch.Tensor) -> dict[int, int]:
 def signal_basis(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
     r"""Orthonormal (d, k) basis of the span of :math:`\mu_c - \bar\mu` (source class means at the site).
 
-    :math:`\bar\mu` is the mean of the class means; the span equals that of all pairwise differences
-    :math:`\mu_c - \mu_{c'}` whatever centre is used, so k <= (number of classes) - 1. Directions whose
-    singular value is below round-off (``max(K, d) · eps · σ_1``) are dropped. ``None`` with one class.
+    The class means of ``feats`` grouped by ``labels``, handed to :func:`signal_basis_from_means`.
+    ``None`` with one class.
     """
     classes = torch.unique(labels)
     if classes.numel() < 2:
         return None
     f = feats.double()
-    means = torch.stack([f[labels == c].mean(0) for c in classes])
-    centred = means - means.mean(0, keepdim=True)
+    return signal_basis_from_means(torch.stack([f[labels == c].mean(0) for c in classes]))
+
+
+def signal_basis_from_means(means: torch.Tensor) -> torch.Tensor | None:
+    r"""Orthonormal (d, k) basis of the span of :math:`\mu_c - \bar\mu` for class means ``(K, d)``.
+
+    :math:`\bar\mu` is the mean of the class means; the span equals that of all pairwise differences
+    :math:`\mu_c - \mu_{c'}` whatever centre is used, so k <= K - 1. Directions whose singular value is
+    below round-off (``max(K, d) · eps · σ_1``) are dropped. ``None`` with fewer than 2 classes or when
+    all means coincide.
+    """
+    if means.shape[0] < 2:
+        return None
+    m = means.double()
+    centred = m - m.mean(0, keepdim=True)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     if float(s[0]) == 0.0:
         return None
@@ -209,31 +221,50 @@ def signal_basis(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | No
     return vh[keep].T.contiguous()
 
 
-def positive_part_rows(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    r"""Rows R with :math:`R^\top R = (P^\top P - N^\top N)_+` (float64).
+def psd_rows(matrix: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Rows R with :math:`R^\top R = B\,(A)_+\,B^\top` for a symmetric A (float64; B = I by default).
 
-    :math:`(A)_+ = V \max(\Lambda, 0) V^\top` is the positive part: the eigenvalues of the symmetric
-    difference clipped at 0, i.e. the nearest PSD matrix in Frobenius norm. When d exceeds the number of
-    rows of ``[P; N]`` the difference is eigendecomposed in an orthonormal basis of their row span (where
-    its whole range lies); otherwise the d×d matrix is formed. Eigenvalues at round-off level
-    (``≤ d · eps · max|λ|``) are dropped.
+    :math:`(A)_+ = V \max(\Lambda, 0) V^\top` is the positive part: the eigenvalues of A clipped at 0,
+    i.e. the nearest PSD matrix in Frobenius norm. Eigenvalues at round-off level (``≤ d · eps ·
+    max|λ|``, d the dimension of the space the rows live in) are dropped, so a rank-deficient A gives
+    exactly as many rows as it has clearly positive eigenvalues. ``basis`` (d, m) with orthonormal
+    columns maps rows computed in an m-dimensional subspace back to R^d.
+    """
+    a = matrix.double()
+    d = a.shape[0] if basis is None else basis.shape[0]
+    values, vectors = torch.linalg.eigh(0.5 * (a + a.T))
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    keep = values > d * _EPS64 * scale
+    if basis is not None:
+        vectors = basis.double() @ vectors
+    return (vectors[:, keep] * values[keep].sqrt()).T
+
+
+def positive_part_rows(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    r"""Rows R with :math:`R^\top R = (P^\top P - N^\top N)_+` (float64; see :func:`psd_rows`).
+
+    When d exceeds the number of rows of ``[P; N]`` the difference is eigendecomposed in an orthonormal
+    basis of their row span (where its whole range lies); otherwise the d×d matrix is formed.
     """
     p, n = pos.double(), neg.double()
     d = p.shape[1]
     stacked = torch.cat([p, n])
     if stacked.shape[0] >= d:
-        basis = None
-        matrix = p.T @ p - n.T @ n
-    else:
-        basis, _ = torch.linalg.qr(stacked.T, mode="reduced")
-        pp, nn_ = p @ basis, n @ basis
-        matrix = pp.T @ pp - nn_.T @ nn_
-    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
-    scale = float(values.abs().max()) if values.numel() else 0.0
-    keep = values > d * _EPS64 * scale
-    if basis is not None:
-        vectors = basis @ vectors
-    return (vectors[:, keep] * values[keep].sqrt()).T
+        return psd_rows(p.T @ p - n.T @ n)
+    basis, _ = torch.linalg.qr(stacked.T, mode="reduced")
+    pp, nn_ = p @ basis, n @ basis
+    return psd_rows(pp.T @ pp - nn_.T @ nn_, basis)
+
+
+def gram_rows(gram: torch.Tensor) -> torch.Tensor:
+    r"""d rows R with :math:`R^\top R = G` for a PSD (d, d) matrix G given by its entries (float64).
+
+    :math:`R = (V \Lambda^{1/2})^\top` from the eigendecomposition :math:`G = V \Lambda V^\top`. A PSD
+    matrix's negative eigenvalues are round-off of size ~ d·eps·λ_max and are set to 0.
+    """
+    g = gram.double()
+    values, vectors = torch.linalg.eigh(0.5 * (g + g.T))
+    return (vectors * values.clamp(min=0.0).sqrt()).T
 
 
 def compress_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -242,10 +273,7 @@ def compress_rows(rows: torch.Tensor) -> torch.Tensor:
     n, d = r.shape
     if n <= d:
         return r
-    gram = r.T @ r
-    values, vectors = torch.linalg.eigh(0.5 * (gram + gram.T))
-    # a Gram matrix is PSD: negative eigenvalues here are round-off of size ~ d·eps·λ_max, set to 0
-    return (vectors * values.clamp(min=0.0).sqrt()).T
+    return gram_rows(r.T @ r)
 
 
 def estimate_from_rows(
@@ -263,15 +291,23 @@ def estimate_from_rows(
 ) -> NuisanceEstimate:
     r"""The estimate :math:`\hat\Sigma = R^\top R` (rows already carry their weights).
 
-    Rows are compressed to at most d (exact), padded with zero rows so the spectrum keeps
-    ``min(d, n_data)`` values (the zeros are real eigenvalues of the estimate, and the eigengap at the last
-    non-zero eigenvalue must be computable), then handed to ``from_second_moment_samples`` scaled by
-    :math:`\sqrt{N}` so that its uniform 1/N weights give back :math:`R^\top R` exactly.
+    This is the one "statistics → estimate" step every estimator ends in, single-process or from
+    all-reduced sufficient statistics (:func:`~shiftlab.pmh._estimators_stats.estimate_from_statistics`).
+    An estimate from ``n_data`` samples has at most ``L = min(d, n_data)`` non-zero eigenvalues (every
+    estimator's Σ is a sum of at most that many independent outer products), so its spectrum keeps
+    exactly L values: rows are compressed to at most d (exact), reduced to their top L singular
+    directions when more remain (what is dropped is round-off), padded with zero rows when fewer (the
+    zeros are real eigenvalues of the estimate, and the eigengap at the last non-zero eigenvalue must be
+    computable), then handed to ``from_second_moment_samples`` scaled by :math:`\sqrt{L}` so that its
+    uniform 1/L weights give back :math:`R^\top R`.
     """
     r = compress_rows(rows)
     d = r.shape[1]
-    target_len = max(min(d, n_data), r.shape[0], 1)
-    if r.shape[0] < target_len:
+    target_len = max(min(d, n_data), 1)
+    if r.shape[0] > target_len:
+        _, s, vh = torch.linalg.svd(r, full_matrices=False)
+        r = s[:target_len].unsqueeze(1) * vh[:target_len]
+    elif r.shape[0] < target_len:
         r = torch.cat([r, r.new_zeros(target_len - r.shape[0], d)])
     if float(r.abs().max()) == 0.0:
         raise ValueError(

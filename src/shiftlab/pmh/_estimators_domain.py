@@ -32,7 +32,8 @@ from shiftlab.pmh._estimators_common import (
 )
 
 
-def _pair(source: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def check_pair(source: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and target samples with the same per-sample shape."""
     xs = check_samples(source, "source")
     xt = check_samples(target, "target")
     if xs.shape[1:] != xt.shape[1:]:
@@ -42,8 +43,8 @@ def _pair(source: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return xs, xt
 
 
-def _source_classes(ys: torch.Tensor) -> dict[int, int]:
-    counts = class_counts(ys)
+def source_classes(counts: dict[int, int]) -> dict[int, int]:
+    """The source class counts, checked to hold at least 2 classes."""
     if len(counts) < 2:
         raise ValueError(
             f"source_labels hold one class ({next(iter(counts))}): class-aligned estimation needs at least 2 "
@@ -52,7 +53,8 @@ def _source_classes(ys: torch.Tensor) -> dict[int, int]:
     return counts
 
 
-def _shared(source_counts: dict[int, int], target_counts: dict[int, int]) -> list[int]:
+def shared_classes(source_counts: dict[int, int], target_counts: dict[int, int]) -> list[int]:
+    """Sorted classes present in both domains (``ValueError`` when there is none)."""
     shared = sorted(set(source_counts) & set(target_counts))
     if not shared:
         raise ValueError(
@@ -122,12 +124,12 @@ def subspace(
     >>> est.basis()[:, 0].abs().argmax().item()
     0
     """
-    xs, xt = _pair(source, target)
+    xs, xt = check_pair(source, target)
     ys = check_labels(source_labels, xs.shape[0], "source_labels")
     yt = check_labels(target_labels, xt.shape[0], "target_labels")
     copy, shape = prepare_site(model, site, xs, rank, floor)
-    source_counts = _source_classes(ys)
-    shared = _shared(source_counts, class_counts(yt))
+    source_counts = source_classes(class_counts(ys))
+    shared = shared_classes(source_counts, class_counts(yt))
     fs, _ = site_features(xs, copy, site)
     ft, _ = site_features(xt, copy, site)
     fs64, ft64 = fs.double().cpu(), ft.double().cpu()
@@ -163,7 +165,7 @@ def subspace(
     )
 
 
-def _centred(x: torch.Tensor) -> torch.Tensor:
+def centred_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows whose outer products sum to the unbiased (n - 1) covariance."""
     return (x - x.mean(0)) / math.sqrt(x.shape[0] - 1)
 
@@ -173,29 +175,55 @@ def _class_aligned_rows(
 ) -> tuple[list[torch.Tensor], list[int], int, int]:
     """Rows of Σ_c π_c [Δμ_c Δμ_cᵀ + (C_t,c − C_s,c)_+] over classes with enough rows in both domains."""
     source_counts, target_counts = class_counts(ys), class_counts(yt)
-    used = [
-        c
-        for c in sorted(set(source_counts) & set(target_counts))
-        if source_counts[c] >= min_per_class and target_counts[c] >= min_per_class
-    ]
+    used = used_classes(source_counts, target_counts, min_per_class)
     n_t_used = sum(target_counts[c] for c in used)
     rows: list[torch.Tensor] = []
     for c in used:
         s_c, t_c = fs[ys == c], ft[yt == c]
         root_pi = math.sqrt(target_counts[c] / n_t_used)
         rows.append(root_pi * (t_c.mean(0) - s_c.mean(0)).unsqueeze(0))
-        rows.append(root_pi * positive_part_rows(_centred(t_c), _centred(s_c)))
+        rows.append(root_pi * positive_part_rows(centred_rows(t_c), centred_rows(s_c)))
     n_s_used = sum(source_counts[c] for c in used)
     return rows, used, n_s_used, n_t_used
 
 
-def _usable_summary(ys: torch.Tensor, yt: torch.Tensor, min_per_class: int) -> str:
-    s, t = class_counts(ys), class_counts(yt)
+def used_classes(
+    source_counts: dict[int, int], target_counts: dict[int, int], min_per_class: int
+) -> list[int]:
+    """Sorted classes with at least ``min_per_class`` rows in both domains."""
+    return [
+        c
+        for c in sorted(set(source_counts) & set(target_counts))
+        if source_counts[c] >= min_per_class and target_counts[c] >= min_per_class
+    ]
+
+
+def check_usable(
+    used: list[int],
+    needed: int,
+    what: str,
+    source_counts: dict[int, int],
+    target_counts: dict[int, int],
+    min_per_class: int,
+) -> None:
+    """``ValueError`` when fewer than ``needed`` classes are usable, with the rows per class."""
+    if len(used) >= needed:
+        return
+    s, t = source_counts, target_counts
     per_class = ", ".join(f"{c}: {s.get(c, 0)}/{t.get(c, 0)}" for c in sorted(set(s) | set(t)))
-    return f"rows per class (source/target): {per_class}; each used class needs >= {min_per_class} in both"
+    raise ValueError(
+        f"too few rows for class-aligned estimation: {what}, giving {len(used)} usable class(es) "
+        f"(need {needed}); rows per class (source/target): {per_class}; each used class needs "
+        f">= {min_per_class} in both"
+    )
 
 
-def _confident_labels(
+def confident_rows(n_confident: int, n_target: int, confidence: float) -> str:
+    """What the pseudo-labelling kept, for error messages."""
+    return f"{n_confident} of {n_target} target rows have max softmax >= {confidence}"
+
+
+def confident_labels(
     copy: nn.Module, xt: torch.Tensor, confidence: float, batch_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels argmax softmax(model(x)) and the mask of rows with max softmax >= confidence."""
@@ -284,7 +312,7 @@ def domain(
     >>> est.basis()[:, 0].abs().argmax().item()
     1
     """
-    xs, xt = _pair(source, target)
+    xs, xt = check_pair(source, target)
     if xs.shape[0] < 2 or xt.shape[0] < 2:
         raise ValueError(f"domain needs >= 2 rows per domain; got source {xs.shape[0]}, target {xt.shape[0]}")
     ys = None if source_labels is None else check_labels(source_labels, xs.shape[0], "source_labels")
@@ -300,9 +328,9 @@ def domain(
         )
     copy, shape = prepare_site(model, site, xs, rank, floor)
     if ys is not None:
-        _source_classes(ys)
+        source_classes(class_counts(ys))
         if yt is not None:
-            _shared(class_counts(ys), class_counts(yt))
+            shared_classes(class_counts(ys), class_counts(yt))
     fs, _ = site_features(xs, copy, site)
     ft, _ = site_features(xt, copy, site)
     fs64, ft64 = fs.double().cpu(), ft.double().cpu()
@@ -313,24 +341,23 @@ def domain(
             labels, keep, key = yt, torch.ones_like(yt, dtype=torch.bool), "n_target_labelled"
         else:
             assert copy is not None
-            labels, keep = _confident_labels(copy, xt, confidence)
+            labels, keep = confident_labels(copy, xt, confidence)
             key = "n_target_confident"
         rows, used, n_s, n_t = _class_aligned_rows(fs64, ys, ft64[keep], labels[keep], min_per_class)
-        needed = 1 if yt is not None else 2
-        if len(used) < needed:
-            what = (
-                f"{int(keep.sum())} of {xt.shape[0]} target rows have max softmax >= {confidence}"
-                if yt is None
-                else f"{xt.shape[0]} labelled target rows"
-            )
-            raise ValueError(
-                f"too few rows for class-aligned estimation: {what}, giving {len(used)} usable class(es) "
-                f"(need {needed}); {_usable_summary(ys, labels[keep], min_per_class)}"
-            )
+        check_usable(
+            used,
+            1 if yt is not None else 2,
+            confident_rows(int(keep.sum()), xt.shape[0], confidence)
+            if yt is None
+            else f"{xt.shape[0]} labelled target rows",
+            class_counts(ys),
+            class_counts(labels[keep]),
+            min_per_class,
+        )
         counts = {"n_source": n_s, "n_target": n_t, "n_classes": len(used), key: int(keep.sum())}
     else:
         mean_shift = (ft64.mean(0) - fs64.mean(0)).unsqueeze(0)
-        rows = [mean_shift, positive_part_rows(_centred(ft64), _centred(fs64))]
+        rows = [mean_shift, positive_part_rows(centred_rows(ft64), centred_rows(fs64))]
         n_s, n_t = xs.shape[0], xt.shape[0]
         counts = {"n_source": n_s, "n_target": n_t, "n_classes": 0}
     return estimate_from_rows(

@@ -100,6 +100,24 @@ def isotropic(
         )
     if shape is not None or dim is not None:
         raise ValueError("shape/dim are read from repeats; pass them only with sigma")
+    residual, shp, dtype = within_item_residuals(repeats, model, site)
+    n_items, n_repeats = residual.shape[:2]
+    dof = n_items * (n_repeats - 1)
+    return isotropic_from_spectrum(
+        torch.linalg.svdvals(residual.reshape(n_items * n_repeats, -1)).pow(2) / dof,
+        dof=dof,
+        site=site,
+        shape=shp,
+        counts={"n_items": n_items, "n_repeats": n_repeats},
+        dtype=dtype,
+    )
+
+
+def within_item_residuals(
+    repeats: Any, model: nn.Module | None, site: str
+) -> tuple[torch.Tensor, tuple[int, ...], torch.dtype]:
+    """float64 ``(n_items, n_repeats, d)`` deviations from each item's mean at the site, the site shape,
+    and the result dtype."""
     reps = check_samples(repeats, "repeats", ndim_min=3)
     n_items, n_repeats = reps.shape[:2]
     if n_repeats < 2:
@@ -108,21 +126,39 @@ def isotropic(
     copy, shp = prepare_site(model, site, flat, None, 0.0)
     feats, _ = site_features(flat, copy, site)
     per_item = feats.double().cpu().reshape(n_items, n_repeats, -1)
-    residual = (per_item - per_item.mean(dim=1, keepdim=True)).reshape(n_items * n_repeats, -1)
-    d = residual.shape[1]
-    dof = n_items * (n_repeats - 1)
-    spectrum = torch.linalg.svdvals(residual).pow(2) / dof
+    return per_item - per_item.mean(dim=1, keepdim=True), shp, result_dtype(feats)
+
+
+def isotropic_from_spectrum(
+    spectrum: torch.Tensor,
+    *,
+    dof: int,
+    site: str,
+    shape: tuple[int, ...],
+    counts: dict[str, int],
+    dtype: torch.dtype,
+) -> NuisanceEstimate:
+    r"""The D2 estimate from the eigenvalues of the pooled within-item covariance :math:`W / \text{dof}`.
+
+    ``spectrum`` holds the descending eigenvalues of :math:`W/\text{dof}` with
+    :math:`W = \sum_{i,r} (x_{ir} - \bar x_{i\cdot})(x_{ir} - \bar x_{i\cdot})^\top` (at most d of them);
+    :math:`\hat\sigma^2 = \operatorname{tr}(W) / (\text{dof} \cdot d)` is their sum over d, and the stored
+    spectrum keeps the first ``min(d, dof)`` (W has rank at most dof). Shared by :func:`isotropic` (values
+    from the SVD of the residuals) and the estimate from all-reduced statistics (values from the
+    eigendecomposition of the summed W).
+    """
+    d = math.prod(shape)
     variance = float(spectrum.sum()) / d
     if variance <= 0:
         raise ValueError("the repeated measurements are identical: the within-item variance is zero")
     return NuisanceEstimate(
-        factor=torch.zeros(d, 0, dtype=result_dtype(feats)),
+        factor=torch.zeros(d, 0, dtype=dtype),
         floor=variance,
-        spectrum=spectrum[: min(d, dof)].to(result_dtype(feats)),
+        spectrum=spectrum[: min(d, dof)].to(dtype),
         site=site,
-        shape=shp,
+        shape=shape,
         estimator="isotropic",
-        counts={"n_items": n_items, "n_repeats": n_repeats},
+        counts=counts,
     )
 
 
@@ -163,6 +199,16 @@ def _selection(coordinates: Any, size: int, feature_names: Sequence[str] | None)
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"coordinates contain duplicates: {items}")
     return sorted(chosen)
+
+
+def coordinate_mask(
+    coordinates: Any, shape: tuple[int, ...], feature_names: Sequence[str] | None
+) -> tuple[torch.Tensor, int]:
+    """Flat (d,) boolean mask of the chosen entries of a sample's first axis, and how many were chosen."""
+    chosen = _selection(coordinates, shape[0], feature_names)
+    mask = torch.zeros(shape[0], dtype=torch.bool)
+    mask[chosen] = True
+    return mask.view(-1, *([1] * (len(shape) - 1))).expand(shape).reshape(-1), len(chosen)
 
 
 def compositional(
@@ -210,12 +256,9 @@ def compositional(
     """
     xs = check_samples(x, "x", min_rows=2)
     copy, shape = prepare_site(model, site, xs, rank, floor)
-    chosen = _selection(coordinates, shape[0], feature_names)
+    mask, n_coordinates = coordinate_mask(coordinates, shape, feature_names)
     feats, _ = site_features(xs, copy, site)
     f64 = feats.double().cpu()
-    mask = torch.zeros(shape[0], dtype=torch.bool)
-    mask[chosen] = True
-    mask = mask.view(-1, *([1] * (len(shape) - 1))).expand(shape).reshape(-1)
     n = xs.shape[0]
     rows = (f64 - f64.mean(0)) * mask / math.sqrt(n - 1)
     signal = None
@@ -223,7 +266,7 @@ def compositional(
         signal = signal_basis(f64, check_labels(labels, n, "labels"))
         if signal is None:
             raise ValueError("labels hold a single class: the signal directions need at least 2 classes")
-    counts = {"n_samples": n, "n_coordinates": len(chosen), "n_selected_dims": int(mask.sum())}
+    counts = {"n_samples": n, "n_coordinates": n_coordinates, "n_selected_dims": int(mask.sum())}
     return estimate_from_rows(
         rows,
         n_data=n,
@@ -238,7 +281,8 @@ def compositional(
     )
 
 
-def _sequence_list(sequences: Any, lag: int) -> list[torch.Tensor]:
+def sequence_list(sequences: Any, lag: int) -> list[torch.Tensor]:
+    """Sequences as a list of ``(T_k, *shape)`` tensors with a common shape and more than ``lag`` steps."""
     if isinstance(sequences, torch.Tensor | np.ndarray):
         t = check_samples(sequences, "sequences", ndim_min=3)
         seqs = list(t)
@@ -253,6 +297,16 @@ def _sequence_list(sequences: Any, lag: int) -> list[torch.Tensor]:
     if short:
         raise ValueError(f"sequences {short[:10]} have <= lag={lag} steps: each needs at least lag + 1 steps")
     return seqs
+
+
+def temporal_deltas(seqs: list[torch.Tensor], copy: nn.Module | None, site: str, lag: int) -> torch.Tensor:
+    """float64 rows f(x_{t+lag}) - f(x_t) of every sequence, concatenated in order."""
+    deltas = []
+    for s in seqs:
+        feats, _ = site_features(s, copy, site)
+        f64 = feats.double().cpu()
+        deltas.append(f64[lag:] - f64[:-lag])
+    return torch.cat(deltas)
 
 
 def temporal(
@@ -293,14 +347,9 @@ def temporal(
     1
     """
     lag = check_int(lag, "lag", low=1)
-    seqs = _sequence_list(sequences, lag)
+    seqs = sequence_list(sequences, lag)
     copy, shape = prepare_site(model, site, seqs[0], rank, floor)
-    deltas = []
-    for s in seqs:
-        feats, _ = site_features(s, copy, site)
-        f64 = feats.double().cpu()
-        deltas.append(f64[lag:] - f64[:-lag])
-    all_deltas = torch.cat(deltas)
+    all_deltas = temporal_deltas(seqs, copy, site, lag)
     n = all_deltas.shape[0]
     return estimate_from_rows(
         all_deltas / math.sqrt(n),

@@ -50,7 +50,8 @@ def _from_deltas(deltas: torch.Tensor, *, n_data: int, estimator: str, **kwargs:
     return estimate_from_rows(rows, n_data=n_data, estimator=estimator, **kwargs)
 
 
-def _check_augmentations(augmentations: Any) -> list[Augmentation]:
+def check_augmentations(augmentations: Any) -> list[Augmentation]:
+    """One callable or a non-empty sequence of callables, as a list."""
     augs = [augmentations] if callable(augmentations) else augmentations
     if not isinstance(augs, Sequence) or isinstance(augs, str) or len(augs) == 0:
         raise TypeError("augmentations must be a callable aug(x, generator) or a non-empty sequence of them")
@@ -111,15 +112,45 @@ def augmentation(
     >>> est.counts["n_deltas"], est.shape
     (128, (1, 8, 8))
     """
-    augs = _check_augmentations(augmentations)
+    augs = check_augmentations(augmentations)
     xs = check_samples(x, "x")
     n_draws = check_int(n_draws, "n_draws", low=1)
     seed = check_int(seed, "seed", low=0)
     copy, shape = prepare_site(model, site, xs, rank, floor)
+    base, deltas = augmentation_deltas(xs, augs, copy, site, n_draws=n_draws, seed=seed)
+    n = xs.shape[0]
+    n_deltas = n * len(augs) * n_draws
+    counts = {"n_samples": n, "n_augmentations": len(augs), "n_draws": n_draws, "n_deltas": n_deltas}
+    return _from_deltas(
+        deltas,
+        n_data=counts["n_deltas"],
+        estimator="augmentation",
+        site=site,
+        shape=shape,
+        counts=counts,
+        rank=rank,
+        floor=floor,
+        signal=_signal(base, labels),
+        dtype=result_dtype(base),
+    )
+
+
+def augmentation_deltas(
+    xs: torch.Tensor,
+    augs: Sequence[Augmentation],
+    copy: nn.Module | None,
+    site: str,
+    *,
+    n_draws: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features at the site ``(n, d)`` and the deltas ``(n·A·D, d)``, augmentation-major then draw-major.
+
+    One ``torch.Generator`` on ``x``'s device seeded with ``seed`` drives every draw, in order.
+    """
     xs = xs if copy is None else to_model(xs, copy)
-    device = xs.device
     base, _ = site_features(xs, copy, site)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=xs.device).manual_seed(seed)
     deltas = []
     for a, aug in enumerate(augs):
         for _ in range(n_draws):
@@ -133,21 +164,19 @@ def augmentation(
                 raise ValueError(f"augmentations[{a}] returned non-finite values")
             feats, _ = site_features(moved.to(xs.dtype), copy, site)
             deltas.append(feats - base)
-    n = xs.shape[0]
-    n_deltas = n * len(augs) * n_draws
-    counts = {"n_samples": n, "n_augmentations": len(augs), "n_draws": n_draws, "n_deltas": n_deltas}
-    return _from_deltas(
-        torch.cat(deltas),
-        n_data=counts["n_deltas"],
-        estimator="augmentation",
-        site=site,
-        shape=shape,
-        counts=counts,
-        rank=rank,
-        floor=floor,
-        signal=_signal(base, labels),
-        dtype=result_dtype(base),
-    )
+    return base, torch.cat(deltas)
+
+
+def check_style_pairs(content: Any, styled: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``content`` and ``styled`` as samples of equal shapes (paired row by row)."""
+    xc = check_samples(content, "content")
+    xs = check_samples(styled, "styled")
+    if xc.shape != xs.shape:
+        raise ValueError(
+            f"content and styled must be paired row by row with equal shapes; got {tuple(xc.shape)} "
+            f"and {tuple(xs.shape)}"
+        )
+    return xc, xs
 
 
 def style(
@@ -181,13 +210,7 @@ def style(
     >>> style(content, styled, rank=1).basis()[:, 0].abs().argmax().item()
     2
     """
-    xc = check_samples(content, "content")
-    xs = check_samples(styled, "styled")
-    if xc.shape != xs.shape:
-        raise ValueError(
-            f"content and styled must be paired row by row with equal shapes; got {tuple(xc.shape)} "
-            f"and {tuple(xs.shape)}"
-        )
+    xc, xs = check_style_pairs(content, styled)
     copy, shape = prepare_site(model, site, xc, rank, floor)
     fc, _ = site_features(xc, copy, site)
     fs, _ = site_features(xs, copy, site)

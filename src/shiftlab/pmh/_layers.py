@@ -8,7 +8,8 @@ the model object actually being run, so an arm that trains a deep copy resolves 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -55,11 +56,37 @@ def check_site_names(model: nn.Module, site: str, measure: str) -> None:
 
 
 def _first_tensor(output: object, name: str) -> torch.Tensor:
+    """The layer's main tensor: the output itself, the first item of a tuple, or the first value of a
+    mapping (a Hugging Face ``ModelOutput`` such as ``BaseModelOutput``, whose first field is the hidden
+    state)."""
     if isinstance(output, torch.Tensor):
         return output
+    if isinstance(output, Mapping):
+        first = next(iter(output.values()), None)
+    elif isinstance(output, tuple | list) and output:
+        first = output[0]
+    else:
+        first = None
+    if isinstance(first, torch.Tensor):
+        return first
     raise TypeError(
-        f"layer {name!r} returns {type(output).__name__}; only layers returning one tensor can be used"
+        f"layer {name!r} returns {type(output).__name__} without a leading tensor; "
+        "use a layer returning a tensor, a tuple or a mapping whose first item is a tensor"
     )
+
+
+def _with_first(output: object, value: torch.Tensor) -> object:
+    """``output`` with its main tensor (see :func:`_first_tensor`) replaced by ``value``."""
+    if isinstance(output, torch.Tensor):
+        return value
+    if isinstance(output, Mapping):
+        replaced = copy.copy(output)
+        replaced[next(iter(output))] = value  # type: ignore[index]
+        return replaced
+    assert isinstance(output, tuple | list)
+    if hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(value, *output[1:])
+    return type(output)([value, *output[1:]])
 
 
 @contextlib.contextmanager
@@ -86,8 +113,8 @@ def replace_output(
 ) -> Iterator[None]:
     """Within the block, layer ``name`` returns ``transform(its output)``."""
 
-    def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
-        return transform(_first_tensor(output, name))
+    def hook(_module: nn.Module, _inputs: object, output: object) -> object:
+        return _with_first(output, transform(_first_tensor(output, name)))
 
     handle = resolve_module(model, name).register_forward_hook(hook)
     try:

@@ -18,6 +18,13 @@ The perturbation is applied by adding a tensor at the site (a forward hook for a
 the penalty reaches every parameter below and above the site. With BatchNorm in training mode the tangent
 also flows through the batch statistics (the Jacobian then couples samples); use eval-mode BatchNorm or
 GroupNorm where that matters.
+
+Forward-mode AD has wrong derivatives for some ops in torch (pytorch/pytorch#196700, #198017): the JVP's
+*value* is right, but its gradient with respect to the weights is not for ``layer_norm`` and training-mode
+``batch_norm`` (gradcheck fails with errors around 100 %). Training through ``"jvp"`` or ``"hutchinson"``
+on a model holding ``nn.LayerNorm`` or a training-mode BatchNorm therefore raises; ``"fd"`` differentiates
+with reverse mode only and is correct there (GroupNorm, RMSNorm, InstanceNorm and eval-mode BatchNorm pass
+the check). A hand-written layer norm from elementary ops is also differentiated correctly.
 """
 
 from __future__ import annotations
@@ -36,6 +43,15 @@ from shiftlab.pmh._layers import INPUT, OUTPUT, capture, check_site_names, repla
 
 Estimator = Literal["jvp", "hutchinson", "fd"]
 ESTIMATORS: tuple[str, ...] = ("jvp", "hutchinson", "fd")
+
+
+def _forward_ad_unsafe(model: nn.Module) -> list[str]:
+    """Names of submodules whose JVP has a wrong weight gradient in torch (see the module notes)."""
+    return [
+        name or type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, nn.LayerNorm) or (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training)
+    ]
 
 
 def _updates_buffers(model: nn.Module) -> bool:
@@ -193,6 +209,15 @@ class PMHPenalty(nn.Module):
         if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
             raise ValueError(f"fraction must lie in (0, 1]; got {fraction!r}")
         check_site_names(model, self.site, self.measure)
+        if self.estimator != "fd" and torch.is_grad_enabled():
+            unsafe = _forward_ad_unsafe(model)
+            if unsafe:
+                raise ValueError(
+                    f"estimator={self.estimator!r} would train on wrong gradients: torch's forward-mode "
+                    "derivative of layer_norm and training-mode batch_norm is wrong "
+                    f"(pytorch/pytorch#196700, #198017), and the model holds {', '.join(unsafe[:3])}; "
+                    "use estimator='fd', eval-mode BatchNorm, or take the value alone under torch.no_grad()"
+                )
         if self.site == INPUT and tuple(x.shape[1:]) != self.shape:
             raise ValueError(
                 f"the estimate lives on inputs of shape {self.shape}; got a batch of {tuple(x.shape[1:])}"

@@ -66,7 +66,8 @@ class TrainConfig:
         Passes over the training data (10: the 8×8 digits MLP of the demo has converged on 10,000
         source images by then).
     batch_size
-        Rows per step (128, a common default that keeps a CPU step cheap).
+        Rows per step (128, a common default that keeps a CPU step cheap); in a data-parallel run
+        (:class:`~shiftlab.pmh.PMHTrainer` under ``torchrun``) the global batch, split between the ranks.
     lr
         Learning rate (1e-3, Adam's usual default).
     optimizer

@@ -1,8 +1,10 @@
-"""Training data plumbing for the PMH trainer: validation, seeded batches, accuracy, a progress bar."""
+"""Training data plumbing for the PMH trainer: validation, seeded batches, accuracy, a progress bar, and
+the records a fit returns (:class:`EpochLog`, :class:`FitResult`)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
@@ -10,20 +12,58 @@ import numpy as np
 import torch
 from torch import nn
 
+from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators_common import to_model
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
-def epoch_seed(seed: int, epoch: int, *, stream: int = 0) -> int:
+@dataclasses.dataclass(frozen=True)
+class EpochLog:
+    """One epoch: mean task loss, mean raw penalty, mean applied ratio c·P/L, validation accuracy
+    (``None`` without ``val``), steps, wall seconds, and whether Σ was re-estimated after it."""
+
+    epoch: int
+    task_loss: float
+    penalty: float
+    applied_ratio: float
+    val_accuracy: float | None
+    steps: int
+    seconds: float
+    reestimated: bool = False
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitResult:
+    """What :meth:`PMHTrainer.fit` returns: the trained copy, the epoch logs and the final Σ.
+
+    ``estimate`` is the matched Σ at the end (after any re-estimation; ``None`` for plain training),
+    ``mode`` the arm, ``strength`` λ, ``resumed_from`` the epoch training resumed at (``None`` if fresh).
+    """
+
+    model: nn.Module
+    history: tuple[EpochLog, ...]
+    estimate: NuisanceEstimate | None
+    mode: str
+    strength: float
+    resumed_from: int | None
+
+
+def epoch_seed(seed: int, epoch: int, *, stream: int = 0, shard: int = 0) -> int:
     """A 32-bit seed for ``(seed, epoch, stream)``: independent streams for data order, probes, ...
+
+    ``shard`` > 0 (a data-parallel rank) gives another independent stream; shard 0 is the
+    single-process stream.
 
     Examples
     --------
     >>> epoch_seed(0, 1) == epoch_seed(0, 1), epoch_seed(0, 1) == epoch_seed(0, 2)
     (True, False)
+    >>> epoch_seed(0, 1, shard=0) == epoch_seed(0, 1), epoch_seed(0, 1, shard=1) == epoch_seed(0, 1)
+    (True, False)
     """
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+    entropy = [seed, epoch, stream] if shard == 0 else [seed, epoch, stream, shard]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def check_xy(pair: Any, name: str) -> Pair:
@@ -49,11 +89,18 @@ def check_xy(pair: Any, name: str) -> Pair:
 
 
 class Batches:
-    """Per-epoch batch streams with a known number of steps (``None`` when the iterable has no length)."""
+    """Per-epoch batch streams with a known number of steps (``None`` when the iterable has no length).
 
-    def __init__(self, make: Callable[[int], Iterable[Pair]], steps: int | None) -> None:
+    ``whole`` says whether every process sees the same whole batches (the seeded ``(x, y)`` path, which a
+    data-parallel run splits between ranks) or its own batches (a loader, sharded by the user's
+    sampler).
+    """
+
+    def __init__(self, make: Callable[[int], Iterable[Pair]], steps: int | None, *, whole: bool) -> None:
         self._make = make
         self.steps = steps
+        self.whole = whole
+        self.loader: Any = None
 
     def epoch(self, epoch: int) -> Iterator[Pair]:
         """The batches of epoch ``epoch``."""
@@ -73,7 +120,9 @@ class Batches:
             raise ValueError("the training loader is empty")
         if steps is None and iter(data) is data:
             raise TypeError("train is a one-shot iterator; pass a re-iterable loader (e.g. a DataLoader)")
-        return cls(lambda _epoch: data, steps)
+        batches = cls(lambda _epoch: data, steps, whole=False)
+        batches.loader = data
+        return batches
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:
@@ -86,7 +135,19 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int)
             rows = order[start : start + batch_size]
             yield x[rows], y[rows]
 
-    return Batches(make, -(-n // batch_size))
+    return Batches(make, -(-n // batch_size), whole=True)
+
+
+def on_device(
+    batches: Iterable[Pair],
+    device: torch.device,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    generator: torch.Generator,
+) -> Iterator[Pair]:
+    """Each batch, augmented with ``generator`` when ``augment`` is given, on ``device``."""
+    for x, y in batches:
+        x = x if augment is None else augment(x, generator)
+        yield x.to(device), y.to(device)
 
 
 def predictions(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:

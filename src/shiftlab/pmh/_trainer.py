@@ -9,7 +9,8 @@ with Σ' the arm's covariance (matched, isotropic, wrong or signal; :func:`contr
 the first ``k = ⌈penalty_fraction · B⌉`` rows of the (randomly ordered) batch, the task loss on the whole
 batch from the penalty's own unperturbed output (no extra forward pass), and ``c = λ`` (plain sum) or the
 :class:`LossBudget` coefficient. The user's model is deep-copied once in ``__init__``; layers are
-resolved by name on the copy; the original is never touched.
+resolved by name on the copy; the original is never touched. Under ``torchrun`` the same step runs
+data-parallel, each rank on a disjoint slice of every global batch (:mod:`shiftlab.pmh._train_dist`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy
 
 from shiftlab.pmh._budget import LossBudget
 from shiftlab.pmh._checkpoint import load_checkpoint, save_checkpoint
@@ -35,40 +34,20 @@ from shiftlab.pmh._estimators import ESTIMATORS, estimate_nuisance
 from shiftlab.pmh._layers import INPUT, OUTPUT, check_site_names
 from shiftlab.pmh._penalty import PMHPenalty
 from shiftlab.pmh._train_config import TrainConfig
-from shiftlab.pmh._train_data import Batches, accuracy, check_xy, epoch_seed, progress, tensor_batches
+from shiftlab.pmh._train_data import (
+    Batches,
+    EpochLog,
+    FitResult,
+    accuracy,
+    check_xy,
+    epoch_seed,
+    on_device,
+    progress,
+    tensor_batches,
+)
+from shiftlab.pmh._train_dist import DataParallel, single_step
 
 __all__ = ["EpochLog", "FitResult", "PMHTrainer"]
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochLog:
-    """One epoch: mean task loss, mean raw penalty, mean applied ratio c·P/L, validation accuracy
-    (``None`` without ``val``), steps, wall seconds, and whether Σ was re-estimated after it."""
-
-    epoch: int
-    task_loss: float
-    penalty: float
-    applied_ratio: float
-    val_accuracy: float | None
-    steps: int
-    seconds: float
-    reestimated: bool = False
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FitResult:
-    """What :meth:`PMHTrainer.fit` returns: the trained copy, the epoch logs and the final Σ.
-
-    ``estimate`` is the matched Σ at the end (after any re-estimation; ``None`` for plain training),
-    ``mode`` the arm, ``strength`` λ, ``resumed_from`` the epoch training resumed at (``None`` if fresh).
-    """
-
-    model: nn.Module
-    history: tuple[EpochLog, ...]
-    estimate: NuisanceEstimate | None
-    mode: str
-    strength: float
-    resumed_from: int | None
 
 
 def _model_kwargs(kind: str, site: str, kwargs: dict[str, Any]) -> bool:
@@ -93,11 +72,26 @@ class PMHTrainer:
         ``"output"`` or the name of a layer above ``site`` whose output is measured.
     config
         :class:`TrainConfig`.
+    process_group
+        ``"auto"`` (default): data-parallel over the default ``torch.distributed`` group when one with
+        more than one rank is initialised (e.g. under ``torchrun``), single-process otherwise; ``"off"``:
+        always single-process; or a ``ProcessGroup``. Data-parallel training starts every rank from rank
+        0's weights, splits each global batch of ``config.batch_size`` rows between the ranks, and sums
+        the gradients so that each step is the single-process step on the global batch (see
+        :mod:`shiftlab.pmh._train_dist`); logs hold global means, only rank 0 shows progress and writes
+        checkpoints (``checkpoint_dir`` must be visible to every rank). Give every rank the same
+        ``(x, y)`` and the same estimate (checked; rank 0's is used); a loader is taken as the rank's
+        own shard (a ``DistributedSampler``, whose ``set_epoch`` the trainer calls) and needs a
+        ``len()`` equal on every rank. The weights equal a single-process fit's up to rounding when the
+        penalty draws no random probes (``jvp`` on an estimate without floor); ``fd``/``hutchinson``
+        probes are drawn per rank from independent streams. BatchNorm normalises with each rank's
+        batch statistics and keeps rank 0's running statistics.
 
     Attributes
     ----------
     model
-        The copy being trained (on ``config``'s device).
+        The copy being trained (on ``config``'s device; under ``torchrun`` a bare ``cuda`` means the
+        rank's ``LOCAL_RANK`` GPU).
     estimate_
         The matched Σ from :meth:`estimate` (``None`` until then).
 
@@ -122,6 +116,7 @@ class PMHTrainer:
         site: str = INPUT,
         measure: str = OUTPUT,
         config: TrainConfig | None = None,
+        process_group: Any = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -134,9 +129,12 @@ class PMHTrainer:
         if site == OUTPUT:
             raise ValueError("site 'output' is a measurement point; perturb at 'input' or a layer name")
         self.config = config
-        self.device = config.resolved_device()
+        self._parallel = DataParallel.resolve(process_group, config.resolved_device())
+        self.device = config.resolved_device() if self._parallel is None else self._parallel.device
         self.model = copy.deepcopy(model).to(self.device)
         check_site_names(self.model, site, measure)
+        if self._parallel is not None:
+            self._parallel.broadcast_module(self.model)
         self.site = site
         self.measure = measure
         self.estimate_: NuisanceEstimate | None = None
@@ -263,53 +261,72 @@ class PMHTrainer:
         FitResult
         """
         c = self.config
-        matched = self._check_estimate(estimate, mode)
-        batches = self._batches(train)
-        if val is not None:
-            val = check_xy(val, "val")
-        if augment is not None and not callable(augment):
-            raise TypeError(f"augment must be a callable aug(x, generator); got {type(augment).__name__}")
-        if resume and checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        penalised = matched is not None and c.strength > 0
-        run_mode = mode if penalised else "plain"
-        if penalised and matched is not None and matched.site == INPUT and isinstance(train, tuple):
-            first = train[0]
-            if tuple(first.shape[1:]) != matched.shape:
-                raise ValueError(
-                    f"the estimate lives on inputs of shape {matched.shape}; "
-                    f"the data has {tuple(first.shape[1:])}"
-                )
-        optimizer = self._optimizer()
-        budget = c.budget.build() if c.budget is not None and penalised else None
-        if budget is not None:
-            if batches.steps is None:
-                raise TypeError("the loss budget needs the number of steps: pass a loader with len()")
-            budget.start(c.epochs * batches.steps)
+        parallel = self._parallel
+        error: Exception | None = None
+        try:
+            matched = self._check_estimate(estimate, mode)
+            batches = self._batches(train)
+            if val is not None:
+                val = check_xy(val, "val")
+            if augment is not None and not callable(augment):
+                raise TypeError(f"augment must be a callable aug(x, generator); got {type(augment).__name__}")
+            if resume and checkpoint_dir is None:
+                raise ValueError("resume=True needs checkpoint_dir")
+            penalised = matched is not None and c.strength > 0
+            run_mode = mode if penalised else "plain"
+            if penalised and matched is not None and matched.site == INPUT and isinstance(train, tuple):
+                first = train[0]
+                if tuple(first.shape[1:]) != matched.shape:
+                    raise ValueError(
+                        f"the estimate lives on inputs of shape {matched.shape}; "
+                        f"the data has {tuple(first.shape[1:])}"
+                    )
+            optimizer = self._optimizer()
+            budget = c.budget.build() if c.budget is not None and penalised else None
+            if budget is not None:
+                if batches.steps is None:
+                    raise TypeError("the loss budget needs the number of steps: pass a loader with len()")
+                budget.start(c.epochs * batches.steps)
+        except (ValueError, TypeError) as err:
+            if parallel is None:
+                raise
+            error = err
+        path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
+        resuming = resume and path is not None and path.is_file()
+        if parallel is not None:
+            parallel.raise_together(error)
+            settings = {k: v for k, v in c.to_dict().items() if k != "device"}
+            parallel.check_fit(settings, run_mode, batches.steps, val, augment, path, resuming)
+            matched = parallel.broadcast_estimate(matched)
         history: list[EpochLog] = []
         start, resumed_from = 0, None
-        path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
-        if resume and path is not None and path.is_file():
+        if resuming:
+            assert path is not None
             state = load_checkpoint(path, c, self.model, optimizer, budget, run_mode)
             start = resumed_from = state.epoch
             history = [EpochLog(**entry) for entry in state.history]
             if state.estimate is not None:
                 matched = state.estimate
         arm = self._arm(matched, mode) if penalised and matched is not None else None
-        with progress(quiet, c.epochs - start, f"PMH {mode if penalised else 'plain'}") as advance:
+        silent = quiet or (parallel is not None and parallel.rank != 0)
+        with progress(silent, c.epochs - start, f"PMH {mode if penalised else 'plain'}") as advance:
             for epoch in range(start, c.epochs):
                 log = self._epoch(epoch, batches, optimizer, arm, budget, val, augment)
                 due = c.reestimate_every and (epoch + 1) % c.reestimate_every == 0 and epoch + 1 < c.epochs
                 if arm is not None and due:
                     matched = self._reestimate()
+                    if parallel is not None:
+                        matched = parallel.broadcast_estimate(matched)
                     arm = self._arm(matched, mode)
                     log = dataclasses.replace(log, reestimated=True)
                 history.append(log)
-                if path is not None:
+                if path is not None and (parallel is None or parallel.rank == 0):
                     reestimated = matched if self._recipe is not None and c.reestimate_every else None
                     save_checkpoint(
                         path, c, epoch + 1, self.model, optimizer, budget, history, reestimated, run_mode
                     )
+                if path is not None and parallel is not None:
+                    parallel.barrier()
                 if on_epoch_end is not None:
                     on_epoch_end(log)
                 shown = "" if log.val_accuracy is None else f", val acc {log.val_accuracy:.3f}"
@@ -340,6 +357,7 @@ class PMHTrainer:
 
     def _penalty(self, arm: NuisanceEstimate, epoch: int) -> PMHPenalty:
         c = self.config
+        shard = 0 if self._parallel is None else self._parallel.rank
         return PMHPenalty(
             arm,
             measure=self.measure,
@@ -347,8 +365,20 @@ class PMHTrainer:
             estimator=c.estimator,
             n_probes=c.n_probes,
             fd_step=c.fd_step,
-            seed=epoch_seed(c.seed, epoch, stream=1),
+            seed=epoch_seed(c.seed, epoch, stream=1, shard=shard),
         ).to(self.device)
+
+    def _stream(
+        self,
+        batches: Batches,
+        epoch: int,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches on the device: whole, or this rank's rows in a data-parallel run."""
+        if self._parallel is not None:
+            return self._parallel.stream(batches, epoch, self.config.seed, self.device, augment)
+        generator = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch, stream=2))
+        return on_device(batches.epoch(epoch), self.device, augment, generator)
 
     def _epoch(
         self,
@@ -360,37 +390,23 @@ class PMHTrainer:
         val: tuple[torch.Tensor, torch.Tensor] | None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     ) -> EpochLog:
-        c = self.config
+        c, parallel = self.config, self._parallel
         began = time.perf_counter()
         self.model.train()
         penalty = None if arm is None else self._penalty(arm, epoch)
         sums = {"task": 0.0, "penalty": 0.0, "ratio": 0.0}
         steps = 0
-        generator = torch.Generator().manual_seed(epoch_seed(c.seed, epoch, stream=2))
-        for x, y in _on(batches.epoch(epoch), self.device, augment, generator):
+        buffers = any(True for _ in self.model.buffers())
+        for x, y in self._stream(batches, epoch, augment):
             optimizer.zero_grad(set_to_none=True)
-            if penalty is None:
-                task = cross_entropy(self.model(x), y)
-                loss, value, ratio = task, 0.0, 0.0
-            else:
-                k = max(1, math.ceil(c.penalty_fraction * x.shape[0]))
-                out = penalty(self.model, x[:k])
-                logits = out.output if k == x.shape[0] else torch.cat([out.output, self.model(x[k:])])
-                task = cross_entropy(logits, y)
-                value = float(out.value.detach())
-                if budget is not None:
-                    loss = budget.combine(task, out.value, c.strength)
-                    ratio = math.nan
-                else:
-                    loss = task + c.strength * out.value
-                    ratio = c.strength * value / max(float(task.detach()), 1e-12)
-            if not bool(torch.isfinite(loss.detach())):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch}, step {steps}; lower lr or strength"
-                )
-            loss.backward()
+            step = single_step if parallel is None else parallel.step
+            task, value, ratio = step(
+                self.model, x, y, penalty, budget, c.strength, c.penalty_fraction, epoch, steps
+            )
             optimizer.step()
-            sums["task"] += float(task.detach())
+            if parallel is not None and buffers:
+                parallel.sync_buffers(self.model)
+            sums["task"] += task
             sums["penalty"] += value
             sums["ratio"] += ratio
             steps += 1
@@ -400,7 +416,10 @@ class PMHTrainer:
         if budget is not None:
             record = budget.end_epoch()
             applied = record.mean_applied_ratio if penalty is not None else 0.0
-        val_accuracy = None if val is None else accuracy(self.model, val[0], val[1])
+        val_accuracy = None
+        if val is not None:
+            measure = accuracy if parallel is None else parallel.accuracy
+            val_accuracy = measure(self.model, val[0], val[1])
         return EpochLog(
             epoch=epoch,
             task_loss=sums["task"] / steps,
@@ -410,14 +429,3 @@ class PMHTrainer:
             steps=steps,
             seconds=time.perf_counter() - began,
         )
-
-
-def _on(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-    generator: torch.Generator,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for x, y in batches:
-        x = x if augment is None else augment(x, generator)
-        yield x.to(device), y.to(device)
