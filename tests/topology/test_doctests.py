@@ -19,6 +19,7 @@ MODULES = [
         "_config",
         "_geometry",
         "_layers",
+        "_lr",
         "_models",
         "_monitor",
         "_trainer",

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from shiftlab.topology import LayerConfig, LayerPHMonitor, LayerState, linear_cka, scalar_h0
+from shiftlab.data import load
+from shiftlab.functional.linalg import effective_rank
+from shiftlab.topology import (
+    LayerConfig,
+    LayerPHMonitor,
+    LayerState,
+    build_model,
+    linear_cka,
+    monitored_layers,
+    scalar_h0,
+)
 
 
 def _feature_space_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -67,10 +80,11 @@ def test_identical_layers_collapse_and_distinct_layers_are_healthy() -> None:
 
 
 def test_dead_layer_is_collapse_not_a_crash() -> None:
-    net = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3))
+    first = nn.Linear(5, 5)
+    net = nn.Sequential(first, nn.ReLU(), nn.Linear(5, 3))
     with torch.no_grad():
-        net[0].weight.zero_()
-        net[0].bias.fill_(-1.0)  # every ReLU dead: layers "1" and "2" are constant
+        first.weight.zero_()
+        first.bias.fill_(-1.0)  # every ReLU dead: layers "1" and "2" are constant
     step = LayerPHMonitor(["0", "1", "2"]).update(net, torch.randn(16, 5))
     assert step.state is LayerState.COLLAPSE and step.constant_layers == ("0", "1", "2")
     assert step.diagram is None and step.similarity is None
@@ -82,7 +96,7 @@ def test_states_follow_the_thresholds_and_the_model_is_untouched() -> None:
     monitor = LayerPHMonitor(["0", "2"], LayerConfig(watch=0.5, collapse=0.25))
     step = monitor.update(net, torch.randn(64, 6))
     assert step.mean_death is not None
-    expected = LayerConfig(watch=0.5, collapse=0.25).state(step.mean_death)
+    expected = LayerConfig(watch=0.5, collapse=0.25).state(step.mean_death, step.min_rank)
     assert step.state is expected and step.step == 0
     assert net.training and all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     assert all(not m._forward_hooks for m in net.modules())
@@ -98,8 +112,104 @@ def test_layer_monitor_validation() -> None:
         LayerPHMonitor(["a", "a"])
     with pytest.raises(ValueError, match="must not exceed"):
         LayerConfig(watch=0.01, collapse=0.1)
+    with pytest.raises(ValueError, match=r"rank_collapse \(2.0\) must not exceed"):
+        LayerConfig(rank_watch=1.0, rank_collapse=2.0)
+    with pytest.raises(ValueError, match="rank_watch must be a nonnegative number"):
+        LayerConfig(rank_watch=-1.0)
     monitor = LayerPHMonitor(["0", "nope"])
     with pytest.raises(ValueError, match="valid layer names"):
         monitor.update(nn.Sequential(nn.Linear(2, 2)), torch.randn(4, 2))
     with pytest.raises(ValueError, match="lacks layers"):
         monitor.update_scalars({"0": 1.0})
+
+
+def test_rank_reading_is_the_effective_rank_of_each_centred_layer() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    probe = torch.randn(40, 6, dtype=torch.float64)
+    step = LayerPHMonitor(["0", "2", "4"]).update(net, probe)
+    outputs = [net[0](probe), net[2](net[1](net[0](probe))), net(probe)]
+    expected = [float(effective_rank((o - o.mean(0)).detach())) for o in outputs]
+    assert step.effective_ranks == pytest.approx(expected, rel=1e-10)
+    assert step.min_rank == pytest.approx(min(expected[:-1]), rel=1e-10)  # the output layer is not read
+
+
+# Calibration on real data (the full measurement is examples/ph_layers.py, quoted in LayerConfig).
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    train, test = load("digits", "train"), load("digits", "test")
+    return train.images, train.labels, test.images[:256]
+
+
+def _trained(name: str, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor], seed: int = 0) -> nn.Module:
+    x, y, _ = data
+    net = build_model(name, (1, 8, 8), 10, seed=seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(10):
+        for idx in torch.randperm(y.numel(), generator=gen).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net
+
+
+@pytest.fixture(scope="module")
+def healthy_mlp(digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> nn.Module:
+    return _trained("mlp", digits)
+
+
+@pytest.mark.parametrize("name", ["mlp", "purefield"])
+def test_healthy_trained_nets_on_digits_read_healthy(
+    name: str, digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor], healthy_mlp: nn.Module
+) -> None:
+    net = healthy_mlp if name == "mlp" else _trained(name, digits, seed=1)
+    step = LayerPHMonitor(monitored_layers(name)).update(net, digits[2])
+    assert step.state is LayerState.HEALTHY, (step.mean_death, step.min_rank)
+
+
+def _linear(net: nn.Module, name: str) -> nn.Linear:
+    layer = net.get_submodule(name)
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+def _low_rank(layer: nn.Linear, rank: int) -> None:
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(layer.weight, full_matrices=False)
+        layer.weight.copy_((u[:, :rank] * s[:rank]) @ vh[:rank])
+
+
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        ("identical", LayerState.COLLAPSE),
+        ("rank-1 fc1", LayerState.COLLAPSE),
+        ("rank-1 fc2", LayerState.COLLAPSE),
+        ("rank-3 fc1", LayerState.WATCH),
+        ("all ReLUs dead", LayerState.COLLAPSE),
+    ],
+)
+def test_planted_collapses_on_digits_are_flagged(
+    plant: str,
+    expected: LayerState,
+    healthy_mlp: nn.Module,
+    digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    net = copy.deepcopy(healthy_mlp)
+    layers = monitored_layers("mlp")
+    if plant == "identical":
+        fc1 = _linear(net, "fc1")
+        net = nn.Sequential(
+            OrderedDict(flatten=nn.Flatten(), fc1=fc1, copy1=nn.Identity(), copy2=nn.Identity())
+        )
+        layers = ("fc1", "copy1", "copy2")
+    elif plant.startswith("rank"):
+        _low_rank(_linear(net, plant.split()[1]), int(plant[5]))
+    else:
+        with torch.no_grad():
+            _linear(net, "fc1").bias.fill_(-1e4)
+    step = LayerPHMonitor(layers).update(net, digits[2])
+    assert step.state is expected, (step.mean_death, step.min_rank)

@@ -26,10 +26,11 @@ def test_all_four_phases_report_consistent_results(report: PHTrainReport) -> Non
     assert report.difficulty_h0 > 0 and 0 <= report.difficulty_val_accuracy <= 1
     # phase 2: both criteria are reported and the configured one is used
     assert [c.lr for c in report.lr_search] == [1e-3, 1e-2]
-    assert all(len(c.h0_trajectory) == 2 and c.h0_cv >= 0 for c in report.lr_search)
+    assert all(len(c.h0_trajectory) == 2 and c.h0_cv is not None and c.h0_cv >= 0 for c in report.lr_search)
     best = max(report.lr_search, key=lambda c: c.val_accuracy)
     assert report.lr_by_val_accuracy == best.lr == report.lr_chosen
-    assert report.lr_by_h0_cv == min(report.lr_search, key=lambda c: c.h0_cv).lr
+    assert report.lr_by_h0_cv == min(report.lr_search, key=lambda c: c.h0_cv or 0.0).lr
+    assert report.lr_by_val_loss == min(report.lr_search, key=lambda c: c.val_loss).lr
     # phase 3: the monitor's numbers are in every epoch, the best validation epoch is kept
     assert 1 <= len(report.epochs) <= 3
     for r in report.epochs:
@@ -70,10 +71,14 @@ def test_config_validation_and_yaml_roundtrip(tmp_path: Path) -> None:
         ({"dataset": "svhn"}, "valid datasets"),
         ({"model": "resnet"}, "valid models: mlp, cnn, purefield"),
         ({"lr": -1.0}, "lr must be a positive"),
-        ({"lr_criterion": "loss"}, "val_accuracy, h0_cv"),
+        ({"lr_criterion": "loss"}, "val_accuracy, val_loss, h0_cv"),
+        ({"optimizer": "rmsprop"}, "valid: adam, sgd"),
+        ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\)"),
         ({"search_epochs": 1}, "search_epochs must be >= 2"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"device": "tpu"}, "valid devices"),
+        ({"dataset": "cifar10"}, "needs data_dir"),
+        ({"dataset": "digits", "data_dir": "/data"}, "takes no data_dir"),
     ]:
         with pytest.raises(ValueError, match=match):
             PHTrainConfig(**kwargs)  # type: ignore[arg-type]

@@ -36,12 +36,19 @@ def train(
     ] = "digits",
     data_dir: Annotated[Path | None, typer.Option(help="Directory holding the data set's files.")] = None,
     model: Annotated[str, typer.Option(help="mlp, cnn or purefield.")] = "mlp",
+    optimizer: Annotated[
+        str, typer.Option(help="adam, or sgd (momentum 0.9), for the LR search and training.")
+    ] = "adam",
     epochs: Annotated[
         int, typer.Option(help="Maximum training epochs (early stopping may end sooner).")
     ] = 20,
-    lr: Annotated[str, typer.Option(help="Adam learning rate, or 'auto' to search the candidates.")] = "auto",
+    lr: Annotated[str, typer.Option(help="Learning rate, or 'auto' to search the candidates.")] = "auto",
     lr_criterion: Annotated[
-        str, typer.Option(help="How 'auto' picks the lr: val_accuracy or h0_cv (both are reported).")
+        str,
+        typer.Option(
+            help="How 'auto' picks the lr: val_accuracy, val_loss or h0_cv (all three are reported; "
+            "docs/claims.md, claim 6: h0_cv picks poor rates)."
+        ),
     ] = "val_accuracy",
     search_epochs: Annotated[int, typer.Option(help="Epochs per learning-rate candidate.")] = 3,
     max_train: Annotated[int | None, typer.Option(help="Use at most this many training images.")] = None,
@@ -62,6 +69,7 @@ def train(
             dataset=dataset.strip().lower().replace("_", "-"),
             data_dir=None if data_dir is None else str(data_dir),
             model=model,
+            optimizer=optimizer,
             epochs=epochs,
             lr=_parse_lr(lr),
             lr_criterion=lr_criterion,  # type: ignore[arg-type]  # validated by PHTrainConfig

@@ -6,6 +6,8 @@
 - :class:`PHMonitor`: H0 of train vs validation geometry, an alert calibrated by a split null of the same
   data (the noise floor is reported beside every gap), and the stop rule "k consecutive alerts".
 - :class:`LayerPHMonitor`: H0 over layers under the CKA distance, HEALTHY / WATCH / COLLAPSE.
+- :func:`choose_lr`: pick a learning rate from the search by validation accuracy, validation loss or
+  the H0 coefficient of variation (:func:`h0_coefficient_of_variation`).
 - :class:`PHTrainer`: difficulty probe, LR search, monitored training, confusion pairs scored against the
   confusion matrix, the class dendrogram, and a real FGSM attack per class pair.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from shiftlab.topology._analysis import PairScore, confusion_matrix, pair_confusion_rates, score_pairs
 from shiftlab.topology._attack import FGSMResult, fgsm, fgsm_pair_vulnerability
-from shiftlab.topology._config import LR_CRITERIA, LRCriterion, PHTrainConfig
+from shiftlab.topology._config import OPTIMIZERS, PHTrainConfig
 from shiftlab.topology._geometry import (
     GEOMETRY_MODES,
     ClassGeometry,
@@ -38,6 +40,13 @@ from shiftlab.topology._layers import (
     linear_cka,
     scalar_h0,
 )
+from shiftlab.topology._lr import (
+    LR_CRITERIA,
+    LRCandidate,
+    LRCriterion,
+    choose_lr,
+    h0_coefficient_of_variation,
+)
 from shiftlab.topology._models import MODEL_NAMES, PureFieldNet, build_model, monitored_layers
 from shiftlab.topology._monitor import (
     MonitorConfig,
@@ -46,13 +55,14 @@ from shiftlab.topology._monitor import (
     consecutive_alert_stop,
     split_null_gaps,
 )
-from shiftlab.topology._report import EpochRecord, LRCandidate, PHTrainReport
+from shiftlab.topology._report import EpochRecord, PHTrainReport
 from shiftlab.topology._trainer import PHTrainer
 
 __all__ = [
     "GEOMETRY_MODES",
     "LR_CRITERIA",
     "MODEL_NAMES",
+    "OPTIMIZERS",
     "ClassGeometry",
     "EpochRecord",
     "FGSMResult",
@@ -72,6 +82,7 @@ __all__ = [
     "PairScore",
     "PureFieldNet",
     "build_model",
+    "choose_lr",
     "class_distances",
     "class_geometry",
     "class_geometry_from_features",
@@ -80,6 +91,7 @@ __all__ = [
     "extract_features",
     "fgsm",
     "fgsm_pair_vulnerability",
+    "h0_coefficient_of_variation",
     "linear_cka",
     "monitored_layers",
     "pair_confusion_rates",

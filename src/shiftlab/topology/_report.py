@@ -14,12 +14,13 @@ from shiftlab.topology._analysis import PairScore
 from shiftlab.topology._attack import FGSMResult
 from shiftlab.topology._geometry import ClassGeometry
 from shiftlab.topology._layers import LayerStep
+from shiftlab.topology._lr import LRCandidate
 from shiftlab.topology._monitor import MonitorStep
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["EpochRecord", "LRCandidate", "PHTrainReport"]
+__all__ = ["EpochRecord", "PHTrainReport"]
 
 
 class _PassLike(Protocol):
@@ -27,17 +28,6 @@ class _PassLike(Protocol):
     def loss(self) -> float: ...
     @property
     def accuracy(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class LRCandidate:
-    """One learning rate of the search: validation H0 per epoch, its CV, and validation accuracy."""
-
-    lr: float
-    h0_trajectory: tuple[float, ...]
-    h0_cv: float
-    val_accuracy: float
-    val_loss: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +49,7 @@ class EpochRecord:
     stop: bool
     layer_state: str
     layer_mean_death: float | None
+    layer_min_rank: float | None
 
     @classmethod
     def from_steps(
@@ -81,6 +72,7 @@ class EpochRecord:
             stop=step.stop,
             layer_state=layer.state.value,
             layer_mean_death=layer.mean_death,
+            layer_min_rank=layer.min_rank,
         )
 
 
@@ -104,6 +96,7 @@ class PHTrainReport(Report):
     lr_criterion: str
     lr_chosen: float
     lr_by_val_accuracy: float | None
+    lr_by_val_loss: float | None
     lr_by_h0_cv: float | None
     epochs: tuple[EpochRecord, ...]
     stop_epoch: int | None
@@ -137,6 +130,7 @@ class PHTrainReport(Report):
             "lr_chosen": self.lr_chosen,
             "lr_criterion": self.lr_criterion,
             "lr_by_val_accuracy": self.lr_by_val_accuracy,
+            "lr_by_val_loss": self.lr_by_val_loss,
             "lr_by_h0_cv": self.lr_by_h0_cv,
             "confusion_spearman (distance vs rate)": self.confusion_score.spearman,
             "confusion_mantel_p": self.confusion_score.mantel_p,
@@ -169,8 +163,9 @@ class PHTrainReport(Report):
                     tuple(
                         (
                             r.lr,
-                            " ".join(f"{h:.3f}" for h in r.h0_trajectory),
-                            r.h0_cv,
+                            " ".join(f"{h:.3f}" for h in r.h0_trajectory)
+                            + (" diverged" if r.diverged else ""),
+                            "undefined" if r.h0_cv is None else r.h0_cv,
                             r.val_accuracy,
                             r.val_loss,
                         )

@@ -18,10 +18,11 @@ from shiftlab.topology._attack import fgsm_pair_vulnerability
 from shiftlab.topology._config import PHTrainConfig
 from shiftlab.topology._geometry import ClassGeometry, _resolve_layer, class_geometry_from_features
 from shiftlab.topology._layers import LayerPHMonitor
+from shiftlab.topology._lr import LRCandidate, choose_lr, h0_coefficient_of_variation
 from shiftlab.topology._models import build_model, monitored_layers
 from shiftlab.topology._monitor import PHMonitor
 from shiftlab.topology._reference import DIFFICULTY_REFERENCE
-from shiftlab.topology._report import EpochRecord, LRCandidate, PHTrainReport
+from shiftlab.topology._report import EpochRecord, PHTrainReport
 
 __all__ = ["PHTrainer"]
 
@@ -74,9 +75,11 @@ class PHTrainer:
 
     1. **Difficulty**: H0 of the validation class geometry after one epoch at a fixed learning rate,
        beside the reference table of the bundled data sets.
-    2. **LR search** (when ``config.lr`` is ``None``): per candidate, the H0 coefficient of variation
-       over ``search_epochs`` epochs and the validation accuracy; ``lr_criterion`` picks one, both are
-       reported.
+    2. **LR search** (when ``config.lr`` is ``None``, or alone via :meth:`search_lr`): per candidate,
+       the H0 coefficient of variation over ``search_epochs`` epochs, the validation accuracy and loss;
+       ``lr_criterion`` picks one (:func:`choose_lr`), all three choices are reported. A candidate's
+       search run is the first ``search_epochs`` epochs of phase 3 at that rate (same initial weights,
+       same batch order).
     3. **Training** with :class:`PHMonitor` on a fixed train probe vs validation (stop after ``patience``
        consecutive calibrated alerts) and :class:`LayerPHMonitor`; the checkpoint with the best
        validation accuracy is kept. The test split is evaluated once, at the end.
@@ -125,6 +128,11 @@ class PHTrainer:
 
     def _fresh(self, shape: tuple[int, int, int], n_classes: int) -> nn.Module:
         return build_model(self.config.model, shape, n_classes, seed=self.config.seed).to(self._device())
+
+    def _optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=self.config.momentum)
+        return torch.optim.Adam(model.parameters(), lr=lr)
 
     def _epoch(
         self, model: nn.Module, opt: torch.optim.Optimizer, data: _Split, gen: torch.Generator
@@ -180,26 +188,18 @@ class PHTrainer:
         fit, val, probe, test, class_names = self._load()
         shape = (int(fit.x.shape[1]), int(fit.x.shape[2]), int(fit.x.shape[3]))
         c = len(class_names)
-        candidates = () if cfg.lr is None else (cfg.lr,)
-        search_runs = len(cfg.lr_candidates) if cfg.lr is None else 0
-        total = 1 + search_runs * cfg.search_epochs + cfg.epochs + 1
+        candidates = cfg.lr_candidates if cfg.lr is None else ()
+        total = 1 + len(candidates) * cfg.search_epochs + cfg.epochs + 1
         with _progress(quiet, total) as advance:
             # phase 1: difficulty
-            model = self._fresh(shape, c)
-            self._epoch(
-                model, torch.optim.Adam(model.parameters(), lr=cfg.difficulty_lr), fit, _gen(cfg.seed)
-            )
-            first = self._evaluate(model, val)
-            difficulty = self._geometry(first, val.y, c).h0
+            difficulty, first = self._difficulty(fit, val, shape, c)
             advance("difficulty")
             # phase 2: learning-rate search
-            searched: list[LRCandidate] = []
-            for lr in cfg.lr_candidates if cfg.lr is None else ():
-                searched.append(self._search_one(lr, fit, val, shape, c, advance))
-            chosen, by_acc, by_cv = self._choose(searched, candidates)
+            searched = [self._search_one(lr, fit, val, shape, c, advance) for lr in candidates]
+            chosen, by_acc, by_loss, by_cv = self._choose(searched)
             # phase 3: monitored training
             model = self._fresh(shape, c)
-            opt = torch.optim.Adam(model.parameters(), lr=chosen)
+            opt = self._optimizer(model, chosen)
             monitor = PHMonitor(cfg.monitor)
             layer_monitor = LayerPHMonitor(monitored_layers(cfg.model), cfg.layers)
             layer_probe = val.x[: cfg.probe_size]
@@ -247,6 +247,7 @@ class PHTrainer:
             lr_criterion=cfg.lr_criterion,
             lr_chosen=chosen,
             lr_by_val_accuracy=by_acc,
+            lr_by_val_loss=by_loss,
             lr_by_h0_cv=by_cv,
             epochs=tuple(records),
             stop_epoch=stop_epoch,
@@ -289,36 +290,57 @@ class PHTrainer:
         first = self._evaluate(model, val)
         return self._geometry(first, val.y, c).h0, first
 
+    def search_lr(self, *, quiet: bool = True) -> tuple[LRCandidate, ...]:
+        """Phase 2 alone: one :class:`LRCandidate` per entry of ``config.lr_candidates``.
+
+        Each candidate trains a fresh model (``config.seed``) for ``search_epochs`` epochs with
+        ``config.optimizer``; :func:`choose_lr` turns the result into a choice. ``config.lr`` is ignored.
+        """
+        cfg = self.config
+        fit, val, _, _, class_names = self._load()
+        shape = (int(fit.x.shape[1]), int(fit.x.shape[2]), int(fit.x.shape[3]))
+        with _progress(quiet, len(cfg.lr_candidates) * cfg.search_epochs) as advance:
+            return tuple(
+                self._search_one(lr, fit, val, shape, len(class_names), advance) for lr in cfg.lr_candidates
+            )
+
     def _search_one(
         self, lr: float, fit: _Split, val: _Split, shape: tuple[int, int, int], c: int, advance: Any
     ) -> LRCandidate:
         model = self._fresh(shape, c)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = self._optimizer(model, lr)
         gen = _gen(self.config.seed + 1)
-        trajectory, last = [], None
-        for _ in range(self.config.search_epochs):
+        trajectory: list[float] = []
+        last: _Pass | None = None
+        for epoch in range(self.config.search_epochs):
             self._epoch(model, opt, fit, gen)
-            last = self._evaluate(model, val)
+            try:
+                last = self._evaluate(model, val)
+            except FloatingPointError:
+                for _ in range(epoch, self.config.search_epochs):
+                    advance(f"lr {lr:g} diverged")
+                return LRCandidate(lr, tuple(trajectory), None, math.nan, math.inf, diverged=True)
             trajectory.append(self._geometry(last, val.y, c).h0)
             advance(f"lr {lr:g}")
         assert last is not None
-        h = torch.tensor(trajectory, dtype=torch.float64)
         return LRCandidate(
             lr=lr,
             h0_trajectory=tuple(trajectory),
-            h0_cv=float(h.std() / h.mean()),
+            h0_cv=h0_coefficient_of_variation(trajectory),
             val_accuracy=last.accuracy,
             val_loss=last.loss,
         )
 
-    def _choose(
-        self, searched: list[LRCandidate], fixed: tuple[float, ...]
-    ) -> tuple[float, float | None, float | None]:
-        if fixed:
-            return fixed[0], None, None
-        by_acc = max(searched, key=lambda r: (r.val_accuracy, -r.val_loss)).lr
-        by_cv = min(searched, key=lambda r: r.h0_cv).lr
-        return (by_acc if self.config.lr_criterion == "val_accuracy" else by_cv), by_acc, by_cv
+    def _choose(self, searched: list[LRCandidate]) -> tuple[float, float | None, float | None, float | None]:
+        """(chosen, by validation accuracy, by validation loss, by H0 CV); ``config.lr`` when fixed."""
+        cfg = self.config
+        if not searched:
+            assert cfg.lr is not None
+            return cfg.lr, None, None, None
+        chosen = choose_lr(searched, cfg.lr_criterion)
+        by_acc, by_loss = choose_lr(searched, "val_accuracy"), choose_lr(searched, "val_loss")
+        defined = any(r.h0_cv is not None and not r.diverged for r in searched)
+        return chosen, by_acc, by_loss, (choose_lr(searched, "h0_cv") if defined else None)
 
 
 def _gen(seed: int) -> torch.Generator:
