@@ -63,6 +63,13 @@ def test_same_seed_same_report() -> None:
     assert a == b
 
 
+def test_on_epoch_end_sees_every_training_epoch_as_it_happens() -> None:
+    config = PHTrainConfig(dataset="digits", epochs=2, lr=3e-3, device="cpu", max_train=400)
+    seen: list[int] = []
+    report = PHTrainer(config).run(quiet=True, on_epoch_end=lambda record: seen.append(record.epoch))
+    assert seen == [r.epoch for r in report.epochs] and len(seen) == 2
+
+
 def test_config_validation_and_yaml_roundtrip(tmp_path: Path) -> None:
     config = PHTrainConfig(dataset="mnist", model="cnn", lr=0.01, monitor=MonitorConfig(patience=2))
     path = config.to_yaml(tmp_path / "ph.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -182,8 +182,14 @@ class PHTrainer:
 
     # -------------------------------------------------------------------------------------- phases
 
-    def run(self, *, quiet: bool = False) -> PHTrainReport:
-        """Run the four phases and return the report (``quiet`` hides the progress bars)."""
+    def run(
+        self, *, quiet: bool = False, on_epoch_end: Callable[[EpochRecord], None] | None = None
+    ) -> PHTrainReport:
+        """Run the four phases and return the report (``quiet`` hides the progress bars).
+
+        ``on_epoch_end`` is called with each phase-3 :class:`EpochRecord` as soon as it exists, e.g.
+        ``functools.partial(shiftlab.integrations.loggers.log_epoch, logger, prefix="ph/")``.
+        """
         cfg = self.config
         fit, val, probe, test, class_names = self._load()
         shape = (int(fit.x.shape[1]), int(fit.x.shape[2]), int(fit.x.shape[3]))
@@ -213,6 +219,8 @@ class PHTrainer:
                 step = monitor.update(on_probe.features, probe.y, on_val.features, val.y)
                 layer_step = layer_monitor.update(model, layer_probe)
                 records.append(EpochRecord.from_steps(epoch, on_probe, on_val, step, layer_step))
+                if on_epoch_end is not None:
+                    on_epoch_end(records[-1])
                 if on_val.accuracy > best_acc:
                     best_acc, best_epoch = on_val.accuracy, epoch
                     best_state = copy.deepcopy(model.state_dict())
