@@ -305,3 +305,38 @@ def test_every_surrogate_reaches_the_input(grad: str) -> None:
     w = torch.randn(2, 4, 6, 6)
     (gx,) = torch.autograd.grad((group_map(x, 2, grad=grad) * w).sum(), x)
     assert float(gx.abs().sum()) > 0
+
+
+def _tie_blocks_by_scanning(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oracle: walk each sorted row and record the first and last position of every run of equal values."""
+    r, m = xs.shape
+    start = torch.empty(r, m, dtype=torch.long)
+    end = torch.empty_like(start)
+    for i in range(r):
+        j = 0
+        while j < m:
+            e = j
+            while e + 1 < m and xs[i, e + 1] == xs[i, j]:
+                e += 1
+            start[i, j : e + 1], end[i, j : e + 1] = j, e
+            j = e + 1
+    return start, end
+
+
+@given(
+    st.integers(1, 5).flatmap(
+        lambda r: st.integers(2, 12).flatmap(
+            lambda m: arrays(np.int64, (r, m), elements=st.integers(0, 3)).map(lambda a: (r, m, a))
+        )
+    )
+)
+def test_sparse_tie_blocks_equal_a_row_scan(case: tuple[int, int, np.ndarray]) -> None:
+    r, m, values = case
+    xs = torch.from_numpy(values).float().sort(-1).values
+    ties = quantile._tie_blocks(xs)
+    start, end = _tie_blocks_by_scanning(xs)
+    if ties is None:
+        assert torch.equal(start, end)
+    else:
+        got = ties.dense(r, m)
+        assert torch.equal(got[0], start) and torch.equal(got[1], end)

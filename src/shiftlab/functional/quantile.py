@@ -36,7 +36,7 @@ ranked in float32 and cast back.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -285,22 +285,51 @@ def _argsort(rows: torch.Tensor) -> torch.Tensor:
     return torch.sort(rows, dim=-1, stable=True).indices
 
 
-def _tie_blocks(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """First and last sorted position of each element's tie block, or None when a batch has no ties."""
-    r, m = xs.shape
-    new = torch.ones_like(xs, dtype=torch.bool)
-    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
-    if bool(new.all()):
+class _Ties(NamedTuple):
+    """The sorted positions that sit in tie blocks (flat in (r, m)) with their block's first and last
+    in-row position; every other element is its own block."""
+
+    flat: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+
+    def dense(self, r: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block start and end for every sorted position, (r, m) each."""
+        start = torch.arange(m, device=self.flat.device).repeat(r)
+        end = start.clone()
+        start[self.flat], end[self.flat] = self.start, self.end
+        return start.reshape(r, m), end.reshape(r, m)
+
+
+def _tie_blocks(xs: torch.Tensor) -> _Ties | None:
+    """The tie blocks of sorted rows, or None when there are none.
+
+    Ties are rare in float data, so only the tied positions are visited: each run of consecutive positions
+    equal to their left neighbour, [a, b], closes the block [a - 1, b].
+    """
+    m = xs.shape[1]
+    tied = torch.nonzero((xs[:, 1:] == xs[:, :-1]).reshape(-1)).squeeze(1)
+    if tied.numel() == 0:
         return None
-    # blocks never cross rows (every row starts one), so number them over the flattened batch
-    flat_new = new.reshape(-1)
-    block = torch.cumsum(flat_new, 0) - 1
-    last = torch.ones_like(new)
-    last[:, :-1] = new[:, 1:]
-    offset = (torch.arange(r, device=xs.device) * m).unsqueeze(1)
-    start = torch.nonzero(flat_new).squeeze(1)[block].reshape(r, m) - offset
-    end = torch.nonzero(last.reshape(-1)).squeeze(1)[block].reshape(r, m) - offset
-    return start, end
+    flat = tied + tied // (m - 1) + 1  # the tied element's flat position in (r, m); runs never cross rows
+    opens = torch.ones_like(flat, dtype=torch.bool)
+    opens[1:] = flat[1:] != flat[:-1] + 1
+    run = torch.cumsum(opens, 0) - 1
+    closes = torch.ones_like(opens)
+    closes[:-1] = opens[1:]
+    first, last = flat[opens] - 1, flat[closes]
+    members = torch.cat([first, flat])
+    start = torch.cat([first, first[run]]) % m
+    end = torch.cat([last, last[run]]) % m
+    return _Ties(members, start, end)
+
+
+def _at_midranks(table: torch.Tensor, ties: _Ties | None, r: int, m: int) -> torch.Tensor:
+    """``table[start + end]`` per sorted position: ``table[2k]`` off ties, patched at the tied positions."""
+    out = table[0::2].expand(r, m).clone()
+    if ties is not None:
+        out.view(-1)[ties.flat] = table[ties.start + ties.end]
+    return out
 
 
 def _quantile_slope(target: Target, levels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -342,13 +371,16 @@ class _RankMap(torch.autograd.Function):
         if not bool(torch.isfinite(xs[:, 0]).all() & torch.isfinite(xs[:, -1]).all()):
             raise ValueError("x contains non-finite values (NaN or inf); clean or impute them first")
         k = torch.arange(m, device=rows.device)
-        blocks = _tie_blocks(xs)
-        idx = 2 * k.expand(r, m) if blocks is None else blocks[0] + blocks[1]
-        ys = torch.take(table, idx)
+        ties = _tie_blocks(xs)
+        blocks = None if ties is None else ties.dense(r, m)
+        ys = _at_midranks(table, ties, r, m)
         y = torch.empty_like(ys).scatter_(-1, order, ys)
         ctx.grad = grad
         ctx.table_size = table.shape[0]
-        idx_orig = torch.empty_like(idx).scatter_(-1, order, idx) if ctx.needs_input_grad[1] else None
+        idx_orig = None
+        if ctx.needs_input_grad[1]:
+            idx = 2 * k.expand(r, m) if blocks is None else blocks[0] + blocks[1]
+            idx_orig = torch.empty_like(idx).scatter_(-1, order, idx)
         if grad == "ecdf":
             h = max(1, math.ceil(math.sqrt(m) / 2))
             lo, hi = (k - h).clamp(0, m - 1), (k + h).clamp(0, m - 1)
@@ -365,16 +397,16 @@ class _RankMap(torch.autograd.Function):
             ctx.save_for_backward(torch.empty_like(slope).scatter_(-1, order, slope), idx_orig)
         elif grad == "ste":
             assert slope_table is not None
-            ctx.save_for_backward(
-                rows, torch.empty_like(ys).scatter_(-1, order, torch.take(slope_table, idx)), idx_orig
-            )
+            _, mean, rstd = torch.ops.aten.native_layer_norm(rows, [m], None, None, _NORM_EPS)
+            rho = torch.empty_like(ys).scatter_(-1, order, _at_midranks(slope_table, ties, r, m))
+            ctx.save_for_backward(rows, rho, mean, rstd, idx_orig)
         else:
             q1 = xs[:, (m - 1) // 4 : (m - 1) // 4 + 1]
             q3 = xs[:, 3 * (m - 1) // 4 : 3 * (m - 1) // 4 + 1]
             spread = torch.where(q3 > q1, q3 - q1, xs[:, -1:] - xs[:, :1])
             tau = 0.5 * _SOFTRANK_NEIGHBOURS * spread / m
             assert slope_table is not None
-            ctx.save_for_backward(xs, order, torch.take(slope_table, idx), tau, idx_orig)
+            ctx.save_for_backward(xs, order, _at_midranks(slope_table, ties, r, m), tau, idx_orig)
         return y
 
     @staticmethod
@@ -384,12 +416,12 @@ class _RankMap(torch.autograd.Function):
             slope, idx_orig = ctx.saved_tensors
             gx = g * slope
         elif ctx.grad == "ste":
-            rows, rho, idx_orig = ctx.saved_tensors
-            mu = rows.mean(-1, keepdim=True)
-            sigma = torch.sqrt(rows.var(-1, unbiased=False, keepdim=True) + _NORM_EPS)
-            z = (rows - mu) / sigma
-            w = g * rho
-            gx = (w - w.mean(-1, keepdim=True) - z * (w * z).mean(-1, keepdim=True)) / sigma
+            # the row-wise standardisation's backward, (w - mean w - z mean(w z)) / sigma with w = g rho,
+            # through torch's fused layer-norm backward kernel
+            rows, rho, mean, rstd, idx_orig = ctx.saved_tensors
+            gx = torch.ops.aten.native_layer_norm_backward(
+                g * rho, rows, [rows.shape[-1]], mean, rstd, None, None, [True, False, False]
+            )[0]
         else:
             xs, order, dq, tau, idx_orig = ctx.saved_tensors
             m = xs.shape[-1]
