@@ -26,7 +26,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from shiftlab.data import two_site
-from shiftlab.functional.transport import sliced_wasserstein2, wasserstein2
+from shiftlab.functional.sliced import sliced_wasserstein2
+from shiftlab.functional.transport import wasserstein2
 from shiftlab.generative import ConvCritic, ConvGenerator, PerturbConfig, TargetPerturber, pretrain_wgan_gp
 from shiftlab.report import atomic_write_bytes, figure_to_png
 

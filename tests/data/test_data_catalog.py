@@ -92,7 +92,21 @@ def test_import_and_catalog_import_no_data_package() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["_catalog", "_safe_pickle", "_split", "_loaders", "_sites", "_cifar", "__init__"]
+    "module",
+    [
+        "_catalog",
+        "_safe_pickle",
+        "_split",
+        "_raw",
+        "_digit_sets",
+        "_fashion_mnist",
+        "_cifar",
+        "_loaders",
+        "_harmonize",
+        "_site_types",
+        "_sites",
+        "__init__",
+    ],
 )
 def test_docstring_examples_run(module: str) -> None:
     name = "shiftlab.data" if module == "__init__" else f"shiftlab.data.{module}"

@@ -8,10 +8,12 @@ from types import ModuleType
 import pytest
 
 import shiftlab
-from shiftlab.functional import _convert, linalg, stats
+from shiftlab.functional import _convert, fdr, linalg, resampling, spectra, stats, subspaces
+
+MODULES = [linalg, spectra, subspaces, stats, resampling, fdr]
 
 
-@pytest.mark.parametrize("module", [linalg, stats, _convert], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [*MODULES, _convert], ids=lambda m: m.__name__)
 def test_docstring_examples(module: ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
@@ -23,8 +25,8 @@ def test_public_api_is_exported() -> None:
     for name in fn.__all__:
         assert hasattr(fn, name), name
     assert fn.as_tensor is _convert.as_tensor
-    assert set(linalg.__all__) <= set(fn.__all__)
-    assert set(stats.__all__) <= set(fn.__all__)
+    for module in MODULES:
+        assert set(module.__all__) <= set(fn.__all__), module.__name__
 
 
 def test_every_public_function_has_an_example() -> None:

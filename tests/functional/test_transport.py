@@ -6,6 +6,7 @@ import doctest
 import math
 import sys
 from collections.abc import Iterator
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,18 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shiftlab.functional import transport
-from shiftlab.functional.transport import (
-    barycentric_map,
-    entropic_plan,
-    exact_plan,
-    multi_sinkhorn_displacement,
-    sinkhorn_displacement,
-    sinkhorn_divergence,
-    sliced_wasserstein2,
-    squared_distances,
-    wasserstein2,
-)
+from shiftlab.functional import displacement, sinkhorn, sliced, transport
+from shiftlab.functional.displacement import multi_sinkhorn_displacement, sinkhorn_displacement
+from shiftlab.functional.sinkhorn import entropic_plan, sinkhorn_divergence
+from shiftlab.functional.sliced import sliced_wasserstein2
+from shiftlab.functional.transport import barycentric_map, exact_plan, squared_distances, wasserstein2
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +44,9 @@ def _clouds(seed: int, n: int = 40, m: int = 30, d: int = 2) -> tuple[torch.Tens
     return x, y
 
 
-def test_docstring_examples(ot: object) -> None:
-    result = doctest.testmod(transport, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [transport, sinkhorn, displacement, sliced], ids=lambda m: m.__name__)
+def test_docstring_examples(ot: object, module: ModuleType) -> None:
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
 

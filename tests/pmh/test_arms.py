@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from shiftlab.data import two_site
-from shiftlab.data._sites import UnlabelledSplit
+from shiftlab.data import UnlabelledSplit, two_site
 from shiftlab.pmh._arms import run_arms
 from shiftlab.pmh._arms_data import ArmsData
 from shiftlab.pmh._estimate import NuisanceEstimate

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from shiftlab.functional.linalg import principal_angles
+from shiftlab.functional.subspaces import principal_angles
 from shiftlab.pmh import compositional, isotropic, temporal
 
 

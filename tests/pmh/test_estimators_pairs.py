@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from shiftlab.functional.linalg import principal_angles
+from shiftlab.functional.subspaces import principal_angles
 from shiftlab.pmh import adversarial, augmentation, random_shift, style
 
 D, R = 10, 2

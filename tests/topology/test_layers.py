@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from shiftlab.data import load
-from shiftlab.functional.linalg import effective_rank
+from shiftlab.functional.spectra import effective_rank
 from shiftlab.topology import (
     LayerConfig,
     LayerPHMonitor,

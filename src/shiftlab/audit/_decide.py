@@ -16,7 +16,7 @@ from shiftlab.functional.equivalence import (
     bootstrap_tost,
     equivalence_sample_size,
 )
-from shiftlab.functional.stats import benjamini_hochberg
+from shiftlab.functional.fdr import benjamini_hochberg
 
 __all__ = ["cell_rows", "classify_rows", "sanity_check"]
 

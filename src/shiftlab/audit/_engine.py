@@ -26,7 +26,8 @@ from shiftlab.functional.cluster_bootstrap import (
     weighted_partial_correlation,
 )
 from shiftlab.functional.crossfit import Regressor, crossfit_residuals
-from shiftlab.functional.stats import paired_bootstrap_ci, pearson, permutation_test, rankdata
+from shiftlab.functional.resampling import paired_bootstrap_ci, permutation_test
+from shiftlab.functional.stats import pearson, rankdata
 
 __all__ = [
     "MIN_CLUSTERS",

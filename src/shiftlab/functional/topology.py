@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from shiftlab.functional._checks import _check_int
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int
 
 __all__ = ["H0Diagram", "Metric", "h0_persistence", "h0_total_persistence"]
 

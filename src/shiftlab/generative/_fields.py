@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from shiftlab.functional.transport import barycentric_map, exact_plan, sinkhorn_displacement
+from shiftlab.functional.displacement import sinkhorn_displacement
+from shiftlab.functional.transport import barycentric_map, exact_plan
 
 __all__ = ["entropy_ascent", "ot_displacement", "use_exact_plan"]
 

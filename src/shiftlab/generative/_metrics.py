@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from shiftlab.functional import ArrayLike, as_tensor
-from shiftlab.functional.transport import sinkhorn_divergence, sliced_wasserstein2, wasserstein2
+from shiftlab.functional.sinkhorn import sinkhorn_divergence
+from shiftlab.functional.sliced import sliced_wasserstein2
+from shiftlab.functional.transport import wasserstein2
 
 __all__ = ["ModeCoverage", "SampleDistances", "compare_samples", "mode_coverage"]
 

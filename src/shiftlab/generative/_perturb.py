@@ -17,7 +17,7 @@ displacement field :math:`v` they ask for:
   the OT displacement to a sample of the annealed broadened KDE :math:`\tilde\nu_t` of the pooled
   evidence, the descent direction of the multi-marginal :math:`\sum_k \omega_k S_\varepsilon(\alpha, E_k)`
   (domain weights :math:`\omega_k`, equal by default;
-  :func:`~shiftlab.functional.transport.multi_sinkhorn_displacement`), and entropy ascent against collapse.
+  :func:`~shiftlab.functional.displacement.multi_sinkhorn_displacement`), and entropy ascent against collapse.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from shiftlab.functional import ArrayLike, as_tensor
-from shiftlab.functional.transport import multi_sinkhorn_displacement
+from shiftlab.functional.displacement import multi_sinkhorn_displacement
 from shiftlab.generative._config import PerturbConfig
 from shiftlab.generative._engine import Engine, FieldOutput, resolve_latent_dim
 from shiftlab.generative._fields import entropy_ascent, ot_displacement, use_exact_plan

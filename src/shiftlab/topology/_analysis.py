@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shiftlab.functional._checks import _check_int
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int
 from shiftlab.functional.stats import spearman
 
 __all__ = ["PairScore", "confusion_matrix", "pair_confusion_rates", "score_pairs"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from shiftlab.functional.linalg import _check_int
+from shiftlab.functional._checks import _check_int
 from shiftlab.topology._geometry import _model_device
 
 __all__ = ["FGSMResult", "fgsm", "fgsm_pair_vulnerability"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shiftlab.functional.linalg import _check_int, _check_open_unit
+from shiftlab.functional._checks import _check_int, _check_open_unit
 from shiftlab.topology._layers import LayerConfig
 from shiftlab.topology._lr import LR_CRITERIA, LRCriterion
 from shiftlab.topology._models import MODEL_NAMES

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import effective_rank_from_spectrum
+from shiftlab.functional.spectra import effective_rank_from_spectrum
 from shiftlab.functional.topology import H0Diagram, h0_persistence
 from shiftlab.topology._geometry import _model_device, _resolve_layer
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from shiftlab.functional.linalg import _check_int
+from shiftlab.functional._checks import _check_int
 
 __all__ = ["MODEL_NAMES", "PureFieldNet", "build_model", "monitored_layers"]
 

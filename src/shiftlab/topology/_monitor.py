@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shiftlab.functional._checks import _check_int, _check_open_unit
 from shiftlab.functional._convert import ArrayLike, as_tensor
-from shiftlab.functional.linalg import _check_int, _check_open_unit
 from shiftlab.functional.topology import h0_total_persistence
 from shiftlab.topology._geometry import (
     GEOMETRY_MODES,
