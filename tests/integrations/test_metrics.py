@@ -181,6 +181,14 @@ def test_energies_equal_the_dense_jacobian_at_the_input() -> None:
     assert float(complement.sum()) == pytest.approx(oracle[1], rel=1e-5)
 
 
+def test_update_keeps_each_submodule_train_flag() -> None:
+    net = nn.Sequential(_net(), nn.Dropout(0.3))
+    net[1].eval()  # a dropout the user froze
+    before = [m.training for m in net.modules()]
+    NuisanceSensitivity(_estimate()).update(net, load("digits", "train").images[:8])
+    assert [m.training for m in net.modules()] == before
+
+
 def test_energies_at_a_hidden_layer_equal_the_dense_jacobian_of_the_head() -> None:
     x = load("digits", "train").images[:10]
     net = _net()

@@ -12,7 +12,7 @@ from torch import nn
 
 from shiftlab.pmh._arms import run_arms
 from shiftlab.pmh._arms_data import ArmsData
-from shiftlab.pmh._deploy_metric import METRICS, DeployMetric, resolve_metric
+from shiftlab.pmh._deploy_metric import METRICS, DeployMetric, model_logits, resolve_metric
 from shiftlab.pmh._train_config import TrainConfig
 from shiftlab.pmh._verdict import ship_verdict
 
@@ -124,3 +124,22 @@ def test_verdict_reports_a_non_accuracy_metric_in_its_units() -> None:
     assert verdict.verdict == "SHIP"
     assert "0.2000 (neg_log_loss)" in verdict.reasons[0] and "points" not in verdict.reasons[0]
     assert "20.00 points" in ship_verdict(deploy, sv).reasons[0]
+
+
+def test_measuring_keeps_every_submodule_train_flag_of_the_users_model() -> None:
+    from shiftlab.pmh._estimate import from_second_moment_samples
+    from shiftlab.pmh._metrics import deploy_drift, sensitivity_ratio
+    from shiftlab.pmh._train_data import predictions
+
+    net = nn.Sequential(nn.Linear(D, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 2))
+    net[1].eval()  # the user froze this one dropout
+    before = [m.training for m in net.modules()]
+    est = from_second_moment_samples(
+        torch.randn(50, 2) @ torch.randn(2, D), site="input", shape=(D,), estimator="p", counts={}, rank=2
+    )
+    x = torch.randn(20, D)
+    deploy_drift(net, est, x)
+    sensitivity_ratio(net, est, x)
+    METRICS["accuracy"].score(model_logits(net, x), torch.zeros(20, dtype=torch.long))
+    predictions(net, x)
+    assert [m.training for m in net.modules()] == before

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from shiftlab.pmh._estimators_common import to_model
+from shiftlab.pmh._layers import eval_mode
 
 __all__ = ["METRICS", "DeployMetric", "model_logits", "resolve_metric"]
 
@@ -131,11 +132,9 @@ def model_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -
     >>> model_logits(net, torch.zeros(5, 3)).shape, net.training
     (torch.Size([5, 2]), True)
     """
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            out.append(model(to_model(x[start : start + batch_size], model)).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        out = []
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                out.append(model(to_model(x[start : start + batch_size], model)).cpu())
     return torch.cat(out)

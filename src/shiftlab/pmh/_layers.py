@@ -90,6 +90,32 @@ def _with_first(output: object, value: torch.Tensor) -> object:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; afterwards every sub-module gets back its own train/eval flag.
+
+    ``model.train(was_training)`` would instead set one flag on all of them, and so change a model whose
+    user had put, say, one Dropout in eval mode.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> _ = net[1].eval()
+    >>> with eval_mode(net):
+    ...     net.training
+    False
+    >>> net.training, net[1].training
+    (True, False)
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
 def capture(model: nn.Module, name: str) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of layer ``name`` (``"output"``: nothing to hook) into the yielded dict."""
     store: dict[str, torch.Tensor] = {}

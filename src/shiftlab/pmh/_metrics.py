@@ -33,7 +33,7 @@ from torch import nn
 from shiftlab.functional.jacobian import jvp_energy
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators_common import to_model
-from shiftlab.pmh._layers import INPUT, OUTPUT, capture, check_site_names, replace_output
+from shiftlab.pmh._layers import INPUT, OUTPUT, capture, check_site_names, eval_mode, replace_output
 
 __all__ = ["Drift", "deploy_drift", "sensitivity_ratio"]
 
@@ -124,23 +124,21 @@ def deploy_drift(
         return Drift(math.nan, math.nan)
     factor, basis, scale2 = parts
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    totals = [0.0, 0.0]
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            chunk = x[start : start + batch_size]
-            run = _forward(model, chunk, estimate.site, measure)
-            base, _ = run(torch.zeros(chunk.shape[0], estimate.dim, dtype=x.dtype, device=x.device))
-            for _ in range(n_draws):
-                z = torch.randn(chunk.shape[0], estimate.rank, generator=generator, dtype=torch.float64)
-                g = torch.randn(chunk.shape[0], estimate.dim, generator=generator, dtype=torch.float64)
-                along = z.to(x) @ factor.T
-                other = math.sqrt(scale2) * _complement(g.to(x), basis)
-                for i, delta in enumerate((along, other)):
-                    moved, _ = run(delta)
-                    totals[i] += float((moved - base).double().pow(2).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        totals = [0.0, 0.0]
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                chunk = x[start : start + batch_size]
+                run = _forward(model, chunk, estimate.site, measure)
+                base, _ = run(torch.zeros(chunk.shape[0], estimate.dim, dtype=x.dtype, device=x.device))
+                for _ in range(n_draws):
+                    z = torch.randn(chunk.shape[0], estimate.rank, generator=generator, dtype=torch.float64)
+                    g = torch.randn(chunk.shape[0], estimate.dim, generator=generator, dtype=torch.float64)
+                    along = z.to(x) @ factor.T
+                    other = math.sqrt(scale2) * _complement(g.to(x), basis)
+                    for i, delta in enumerate((along, other)):
+                        moved, _ = run(delta)
+                        totals[i] += float((moved - base).double().pow(2).sum())
     n = x.shape[0] * n_draws
     return Drift(along=totals[0] / n, complement=totals[1] / n)
 
@@ -177,23 +175,21 @@ def sensitivity_ratio(
         return math.nan
     factor, basis, _ = parts
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    along = other = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start : start + batch_size]
-        b = chunk.shape[0]
-        run = _forward(model, chunk, estimate.site, measure)
-        columns = factor.T.unsqueeze(1).expand(estimate.rank, b, estimate.dim)
-        g = torch.randn(n_probes, b, estimate.dim, generator=generator, dtype=torch.float64).to(x)
-        probes = _complement(g, basis)
-        shape = (-1, *chunk.shape) if estimate.site == INPUT else (-1, b, estimate.dim)
-        with torch.no_grad():
-            ones = torch.ones(estimate.rank, dtype=x.dtype, device=x.device)
-            along += float(jvp_energy(run, columns.reshape(shape), ones).energy.double().sum())
-            weights = torch.full((n_probes,), 1.0 / n_probes, dtype=x.dtype, device=x.device)
-            other += float(jvp_energy(run, probes.reshape(shape), weights).energy.double().sum())
-    model.train(was_training)
+    with eval_mode(model):
+        along = other = 0.0
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start : start + batch_size]
+            b = chunk.shape[0]
+            run = _forward(model, chunk, estimate.site, measure)
+            columns = factor.T.unsqueeze(1).expand(estimate.rank, b, estimate.dim)
+            g = torch.randn(n_probes, b, estimate.dim, generator=generator, dtype=torch.float64).to(x)
+            probes = _complement(g, basis)
+            shape = (-1, *chunk.shape) if estimate.site == INPUT else (-1, b, estimate.dim)
+            with torch.no_grad():
+                ones = torch.ones(estimate.rank, dtype=x.dtype, device=x.device)
+                along += float(jvp_energy(run, columns.reshape(shape), ones).energy.double().sum())
+                weights = torch.full((n_probes,), 1.0 / n_probes, dtype=x.dtype, device=x.device)
+                other += float(jvp_energy(run, probes.reshape(shape), weights).energy.double().sum())
     trace = float(estimate.factor.double().pow(2).sum())
     numerator = along / trace
     denominator = other / (estimate.dim - estimate.rank)

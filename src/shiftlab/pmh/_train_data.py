@@ -14,6 +14,7 @@ from torch import nn
 
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators_common import to_model
+from shiftlab.pmh._layers import eval_mode
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -152,14 +153,12 @@ def on_device(
 
 def predictions(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
     """Arg-max class of ``model(x)`` in eval mode, without gradients; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            logits = model(to_model(x[start : start + batch_size], model))
-            out.append(logits.argmax(dim=1).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        out = []
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                logits = model(to_model(x[start : start + batch_size], model))
+                out.append(logits.argmax(dim=1).cpu())
     return torch.cat(out)
 
 
