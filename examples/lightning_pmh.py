@@ -40,8 +40,8 @@ from shiftlab.topology import MonitorConfig
 
 #: The loss budgets the matched arm can use (see the module notes for what each did here).
 BUDGETS: dict[str, BudgetSettings | None] = {
-    "cap": DEFAULT_BUDGET,
-    "band": BudgetSettings(),
+    "cap": BudgetSettings(min_ratio=0.0),
+    "band": DEFAULT_BUDGET,
     "none": None,
 }
 
@@ -67,7 +67,7 @@ def main() -> None:
         "--budget",
         choices=tuple(BUDGETS),
         default="cap",
-        help="cap: LossBudget(min_ratio=0, max_ratio=0.3); band: LossBudget() (5%%-30%%); none: plain sum",
+        help="cap: LossBudget(min_ratio=0); band: LossBudget() (5%%-30%%, floor at most 2λ); none: plain sum",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     parser.add_argument("--out", default="runs/lightning_pmh", help="CSVLogger directory")

@@ -116,7 +116,7 @@ def epoch_metrics(record: Any, *, prefix: str = "") -> tuple[int, dict[str, floa
     >>> from shiftlab.pmh import EpochLog
     >>> step, metrics = epoch_metrics(EpochLog(2, 0.4, 0.01, 0.1, None, 16, 1.5))  # val_accuracy None
     >>> step, sorted(metrics), metrics["reestimated"]
-    (2, ['applied_ratio', 'penalty', 'reestimated', 'seconds', 'steps', 'task_loss'], 0.0)
+    (2, ['applied_ratio', 'boost_capped', 'penalty', 'reestimated', 'seconds', 'steps', 'task_loss'], 0.0)
     """
     if not dataclasses.is_dataclass(record) or isinstance(record, type):
         raise TypeError(f"record must be a dataclass instance; got {type(record).__name__}")

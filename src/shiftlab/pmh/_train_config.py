@@ -21,24 +21,28 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """Arguments of :class:`~shiftlab.pmh.LossBudget` (its defaults: a 5%–30% band, 10% warm-up).
+    """Arguments of :class:`~shiftlab.pmh.LossBudget` (its defaults: a 5%–30% band, 10% warm-up, and a
+    floor that may at most double λ; see ``LossBudget`` for where ``max_boost = 2`` comes from).
 
     Examples
     --------
     >>> BudgetSettings(max_ratio=0.5).build().max_ratio
     0.5
+    >>> BudgetSettings().build().max_boost
+    2.0
     """
 
     min_ratio: float = 0.05
     max_ratio: float = 0.30
     warmup: float = 0.1
+    max_boost: float = 2.0
 
     def __post_init__(self) -> None:
-        LossBudget(self.min_ratio, self.max_ratio, self.warmup)  # same validation, same messages
+        self.build()  # same validation, same messages
 
     def build(self) -> LossBudget:
         """A fresh :class:`LossBudget` with these settings."""
-        return LossBudget(self.min_ratio, self.max_ratio, self.warmup)
+        return LossBudget(self.min_ratio, self.max_ratio, self.warmup, self.max_boost)
 
 
 def _number(name: str, value: Any, *, low: float, low_open: bool, high: float = math.inf) -> None:

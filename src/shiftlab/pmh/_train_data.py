@@ -22,7 +22,8 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 @dataclasses.dataclass(frozen=True)
 class EpochLog:
     """One epoch: mean task loss, mean raw penalty, mean applied ratio c·P/L, validation accuracy
-    (``None`` without ``val``), steps, wall seconds, and whether Σ was re-estimated after it."""
+    (``None`` without ``val``), steps, wall seconds, whether Σ was re-estimated after it, and the steps
+    where the budget's floor stopped at ``max_boost`` · λ below the band."""
 
     epoch: int
     task_loss: float
@@ -32,6 +33,7 @@ class EpochLog:
     steps: int
     seconds: float
     reestimated: bool = False
+    boost_capped: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -412,10 +412,11 @@ class PMHTrainer:
             steps += 1
         if steps == 0:
             raise ValueError(f"the training data yielded no batches in epoch {epoch}")
-        applied = sums["ratio"] / steps
+        applied, capped = sums["ratio"] / steps, 0
         if budget is not None:
             record = budget.end_epoch()
             applied = record.mean_applied_ratio if penalty is not None else 0.0
+            capped = record.boost_capped
         val_accuracy = None
         if val is not None:
             measure = accuracy if parallel is None else parallel.accuracy
@@ -428,4 +429,5 @@ class PMHTrainer:
             val_accuracy=val_accuracy,
             steps=steps,
             seconds=time.perf_counter() - began,
+            boost_capped=capped,
         )
