@@ -13,7 +13,7 @@ from ripser import ripser
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import pdist, squareform
 
-from shiftlab.functional import topology
+from shiftlab.functional import _mst, topology
 from shiftlab.functional.topology import H0Diagram, h0_persistence, h0_total_persistence
 
 
@@ -56,13 +56,13 @@ def test_clustered_data_and_any_tile_size(
     x = _blobs(rng, n_blobs=6, per=70, d=4, spread=12.0)
     n = x.shape[0]
     scanned: list[int] = []
-    original = topology._shifted_sq_distances
+    original = _mst._shifted_sq_distances
 
     def counting(rows: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         scanned.append(rows.numel())
         return original(rows, *args)
 
-    monkeypatch.setattr(topology, "_shifted_sq_distances", counting)
+    monkeypatch.setattr(_mst, "_shifted_sq_distances", counting)
     diagram = h0_persistence(x, metric=metric, tile_size=n * tile_factor)
     assert sum(scanned) > n  # the kNN pass covers n rows: later rounds rescanned stale points
     z = linkage(x, "single", metric=metric)

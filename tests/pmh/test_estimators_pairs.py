@@ -166,9 +166,9 @@ def test_adversarial_stays_in_the_ball_and_the_valid_range_and_raises_the_loss(n
     eps = 0.1 if norm == "linf" else 0.5
     est = adversarial(net, x, y, norm=norm, epsilon=eps, steps=8, valid_range=(0.0, 1.0), rank=3)  # type: ignore[arg-type]
     # rebuild δ with the same private routine and check its constraints
-    from shiftlab.pmh._estimators_pairs import _pgd
+    from shiftlab.pmh._pgd import pgd
 
-    delta = _pgd(
+    delta = pgd(
         net,
         x,
         y,

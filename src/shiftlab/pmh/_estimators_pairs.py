@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy
 
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators_common import (
@@ -31,6 +30,7 @@ from shiftlab.pmh._estimators_common import (
     site_features,
     to_model,
 )
+from shiftlab.pmh._pgd import check_range, pgd
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -229,72 +229,6 @@ def style(
     )
 
 
-def _check_range(valid_range: Any) -> tuple[float, float]:
-    ok = isinstance(valid_range, Sequence) and len(valid_range) == 2
-    values = [v for v in valid_range if isinstance(v, int | float) and not isinstance(v, bool)] if ok else []
-    if len(values) != 2 or not all(math.isfinite(v) for v in values) or not values[0] < values[1]:
-        raise ValueError(f"valid_range must be finite numbers (lo, hi) with lo < hi; got {valid_range!r}")
-    return float(values[0]), float(values[1])
-
-
-def _project(delta: torch.Tensor, norm: str, epsilon: float) -> torch.Tensor:
-    if norm == "linf":
-        return delta.clamp(-epsilon, epsilon)
-    flat = delta.flatten(1).norm(dim=1).clamp(min=1e-30)
-    factor = (epsilon / flat).clamp(max=1.0)
-    return delta * factor.view(-1, *([1] * (delta.ndim - 1)))
-
-
-def _random_start(x: torch.Tensor, norm: str, epsilon: float, generator: torch.Generator) -> torch.Tensor:
-    if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-        return ((2 * u - 1) * epsilon).to(x.device)
-    d = x[0].numel()
-    g = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    radius = torch.rand(x.shape[0], generator=generator, device=generator.device, dtype=x.dtype) ** (1 / d)
-    direction = g / g.flatten(1).norm(dim=1).clamp(min=1e-30).view(-1, *([1] * (x.ndim - 1)))
-    return (direction * (epsilon * radius).view(-1, *([1] * (x.ndim - 1)))).to(x.device)
-
-
-def _pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str,
-    epsilon: float,
-    steps: int,
-    step_size: float,
-    random_start: bool,
-    valid_range: tuple[float, float] | None,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """δ maximising the cross-entropy of ``model(x + δ)`` inside the ball (and the valid range)."""
-
-    def clip(delta: torch.Tensor) -> torch.Tensor:
-        delta = _project(delta, norm, epsilon)
-        if valid_range is not None:
-            delta = (x + delta).clamp(*valid_range) - x
-        return delta
-
-    delta = clip(_random_start(x, norm, epsilon, generator)) if random_start else torch.zeros_like(x)
-    view = (-1, *([1] * (x.ndim - 1)))
-    with torch.enable_grad():
-        for _ in range(steps):
-            delta = delta.detach().requires_grad_(True)
-            logits = model(x + delta)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
-                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ValueError(f"adversarial needs a model returning (n, classes >= 2) logits; got {got}")
-            (grad,) = torch.autograd.grad(cross_entropy(logits, y, reduction="sum"), delta)
-            if norm == "linf":
-                step = grad.sign()
-            else:
-                step = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-30).view(view)
-            delta = clip(delta.detach() + step_size * step)
-    return delta.detach()
-
-
 def adversarial(
     model: nn.Module,
     x: Any,
@@ -379,7 +313,7 @@ def adversarial(
     seed = check_int(seed, "seed", low=0)
     batch_size = check_int(batch_size, "batch_size", low=1)
     if valid_range is not None:
-        lo, hi = _check_range(valid_range)
+        lo, hi = check_range(valid_range)
         if float(xs.min()) < lo or float(xs.max()) > hi:
             raise ValueError(
                 f"x has values in [{float(xs.min()):.4g}, {float(xs.max()):.4g}], outside valid_range "
@@ -394,7 +328,7 @@ def adversarial(
     deltas, bases = [], []
     for start in range(0, xs.shape[0], batch_size):
         xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
-        delta = _pgd(
+        delta = pgd(
             copy,
             xb,
             yb,

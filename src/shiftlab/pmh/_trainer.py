@@ -18,34 +18,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shiftlab.pmh._budget import LossBudget
 from shiftlab.pmh._checkpoint import load_checkpoint, save_checkpoint
 from shiftlab.pmh._controls import MODES, control_estimate
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import ESTIMATORS, estimate_nuisance
 from shiftlab.pmh._layers import INPUT, OUTPUT, check_site_names
-from shiftlab.pmh._penalty import PMHPenalty
 from shiftlab.pmh._train_config import TrainConfig
-from shiftlab.pmh._train_data import (
-    Batches,
-    EpochLog,
-    FitResult,
-    accuracy,
-    check_xy,
-    epoch_seed,
-    on_device,
-    progress,
-    tensor_batches,
-)
-from shiftlab.pmh._train_dist import DataParallel, single_step
+from shiftlab.pmh._train_data import Batches, EpochLog, FitResult, check_xy, progress, tensor_batches
+from shiftlab.pmh._train_dist import DataParallel
+from shiftlab.pmh._train_epoch import train_epoch
 
 __all__ = ["EpochLog", "FitResult", "PMHTrainer"]
 
@@ -311,7 +299,20 @@ class PMHTrainer:
         silent = quiet or (parallel is not None and parallel.rank != 0)
         with progress(silent, c.epochs - start, f"PMH {mode if penalised else 'plain'}") as advance:
             for epoch in range(start, c.epochs):
-                log = self._epoch(epoch, batches, optimizer, arm, budget, val, augment)
+                log = train_epoch(
+                    self.model,
+                    epoch,
+                    batches,
+                    optimizer,
+                    arm,
+                    budget,
+                    val,
+                    augment,
+                    config=c,
+                    measure=self.measure,
+                    device=self.device,
+                    parallel=parallel,
+                )
                 due = c.reestimate_every and (epoch + 1) % c.reestimate_every == 0 and epoch + 1 < c.epochs
                 if arm is not None and due:
                     matched = self._reestimate()
@@ -354,80 +355,3 @@ class PMHTrainer:
     def _arm(self, matched: NuisanceEstimate, mode: str) -> NuisanceEstimate:
         """The arm's Σ', built once per estimate (the wrong control's subspace stays fixed)."""
         return control_estimate(matched, mode, seed=self.config.seed)
-
-    def _penalty(self, arm: NuisanceEstimate, epoch: int) -> PMHPenalty:
-        c = self.config
-        shard = 0 if self._parallel is None else self._parallel.rank
-        return PMHPenalty(
-            arm,
-            measure=self.measure,
-            mode="matched",
-            estimator=c.estimator,
-            n_probes=c.n_probes,
-            fd_step=c.fd_step,
-            seed=epoch_seed(c.seed, epoch, stream=1, shard=shard),
-        ).to(self.device)
-
-    def _stream(
-        self,
-        batches: Batches,
-        epoch: int,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's batches on the device: whole, or this rank's rows in a data-parallel run."""
-        if self._parallel is not None:
-            return self._parallel.stream(batches, epoch, self.config.seed, self.device, augment)
-        generator = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch, stream=2))
-        return on_device(batches.epoch(epoch), self.device, augment, generator)
-
-    def _epoch(
-        self,
-        epoch: int,
-        batches: Batches,
-        optimizer: torch.optim.Optimizer,
-        arm: NuisanceEstimate | None,
-        budget: LossBudget | None,
-        val: tuple[torch.Tensor, torch.Tensor] | None,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-    ) -> EpochLog:
-        c, parallel = self.config, self._parallel
-        began = time.perf_counter()
-        self.model.train()
-        penalty = None if arm is None else self._penalty(arm, epoch)
-        sums = {"task": 0.0, "penalty": 0.0, "ratio": 0.0}
-        steps = 0
-        buffers = any(True for _ in self.model.buffers())
-        for x, y in self._stream(batches, epoch, augment):
-            optimizer.zero_grad(set_to_none=True)
-            step = single_step if parallel is None else parallel.step
-            task, value, ratio = step(
-                self.model, x, y, penalty, budget, c.strength, c.penalty_fraction, epoch, steps
-            )
-            optimizer.step()
-            if parallel is not None and buffers:
-                parallel.sync_buffers(self.model)
-            sums["task"] += task
-            sums["penalty"] += value
-            sums["ratio"] += ratio
-            steps += 1
-        if steps == 0:
-            raise ValueError(f"the training data yielded no batches in epoch {epoch}")
-        applied, capped = sums["ratio"] / steps, 0
-        if budget is not None:
-            record = budget.end_epoch()
-            applied = record.mean_applied_ratio if penalty is not None else 0.0
-            capped = record.boost_capped
-        val_accuracy = None
-        if val is not None:
-            measure = accuracy if parallel is None else parallel.accuracy
-            val_accuracy = measure(self.model, val[0], val[1])
-        return EpochLog(
-            epoch=epoch,
-            task_loss=sums["task"] / steps,
-            penalty=sums["penalty"] / steps,
-            applied_ratio=applied,
-            val_accuracy=val_accuracy,
-            steps=steps,
-            seconds=time.perf_counter() - began,
-            boost_capped=capped,
-        )
