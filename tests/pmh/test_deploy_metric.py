@@ -12,8 +12,9 @@ from torch import nn
 
 from shiftlab.pmh._arms import run_arms
 from shiftlab.pmh._arms_data import ArmsData
-from shiftlab.pmh._deploy_metric import METRICS, DeployMetric, model_logits, resolve_metric
+from shiftlab.pmh._deploy_metric import METRICS, DeployMetric, resolve_metric
 from shiftlab.pmh._train_config import TrainConfig
+from shiftlab.pmh._train_data import model_logits
 from shiftlab.pmh._verdict import ship_verdict
 
 D = 8

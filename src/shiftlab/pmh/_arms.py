@@ -38,14 +38,14 @@ from shiftlab.pmh._arms_result import (
 )
 from shiftlab.pmh._augment import DIGIT_AUGMENTATIONS
 from shiftlab.pmh._controls import control_estimate
-from shiftlab.pmh._deploy_metric import DeployMetric, model_logits, resolve_metric
+from shiftlab.pmh._deploy_metric import DeployMetric, resolve_metric
 from shiftlab.pmh._estimate import NuisanceEstimate
 from shiftlab.pmh._estimators import estimate_nuisance
 from shiftlab.pmh._layers import INPUT, OUTPUT
 from shiftlab.pmh._metrics import deploy_drift, sensitivity_ratio
 from shiftlab.pmh._reference import coral_map, mix_augmentations, with_target_rows
 from shiftlab.pmh._train_config import TrainConfig
-from shiftlab.pmh._train_data import progress
+from shiftlab.pmh._train_data import model_logits, progress
 from shiftlab.pmh._trainer import FitResult, PMHTrainer
 
 __all__ = ["DEFAULT_STRENGTHS", "ESTIMATE_KINDS", "run_arms"]

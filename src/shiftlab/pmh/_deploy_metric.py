@@ -21,12 +21,8 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from shiftlab.pmh._estimators_common import to_model
-from shiftlab.pmh._layers import eval_mode
-
-__all__ = ["METRICS", "DeployMetric", "model_logits", "resolve_metric"]
+__all__ = ["METRICS", "DeployMetric", "resolve_metric"]
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,20 +117,3 @@ def resolve_metric(metric: str | DeployMetric) -> DeployMetric:
     raise ValueError(
         f"unknown deploy metric {metric!r}; built in: {', '.join(METRICS)} (or pass a DeployMetric)"
     )
-
-
-def model_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """``model(x)`` in eval mode without gradients, in batches, on the CPU; the model's mode is restored.
-
-    Examples
-    --------
-    >>> net = nn.Linear(3, 2)
-    >>> model_logits(net, torch.zeros(5, 3)).shape, net.training
-    (torch.Size([5, 2]), True)
-    """
-    with eval_mode(model):
-        out = []
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                out.append(model(to_model(x[start : start + batch_size], model)).cpu())
-    return torch.cat(out)

@@ -153,15 +153,26 @@ def on_device(
         yield x.to(device), y.to(device)
 
 
-def predictions(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """Arg-max class of ``model(x)`` in eval mode, without gradients; the model's mode is restored."""
+def model_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """``model(x)`` in eval mode without gradients, in batches, on the CPU; the model's mode is restored.
+
+    Examples
+    --------
+    >>> net = nn.Linear(3, 2)
+    >>> model_logits(net, torch.zeros(5, 3)).shape, net.training
+    (torch.Size([5, 2]), True)
+    """
     with eval_mode(model):
         out = []
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
-                logits = model(to_model(x[start : start + batch_size], model))
-                out.append(logits.argmax(dim=1).cpu())
+                out.append(model(to_model(x[start : start + batch_size], model)).cpu())
     return torch.cat(out)
+
+
+def predictions(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Arg-max class of ``model(x)`` in eval mode, without gradients; the model's modes are restored."""
+    return model_logits(model, x, batch_size=batch_size).argmax(dim=1)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
