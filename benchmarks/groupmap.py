@@ -2,12 +2,17 @@
 
 Run: ``.venv/bin/python benchmarks/groupmap.py`` (both shapes, CPU, and CUDA when available), or
 ``--shapes small`` for (32, 64, 32, 32) only, ``--repeats N``, ``--grad ste ecdf softrank``.
+On CUDA with Triton the ``ste`` layers run twice: through the fused kernel
+(:mod:`shiftlab.functional._rank_map_triton`) and through the torch path, so both are compared in one run.
 
 For every shape and device, each pair (GroupMap / GroupNorm(32), InstanceMap / InstanceNorm2d,
 LayerMap / LayerNorm over (C, H, W)) is timed forward and forward+backward (median of ``--repeats``,
 candidate and anchor interleaved so that load on a shared machine hits both), and the memory that
 autograd saves for backward is summed over the saved tensors (bytes, device-independent). The goal of
-the issue: forward+backward at most 3x the torch norm on CPU and 2x on GPU.
+the issue: forward+backward at most 3x the torch norm on CPU and 2x on GPU. The ``floor`` column is the
+time of the torch path's ranking step alone (its exact argsort: a 16-bit radix on the CPU, ``torch.sort``
+on a GPU) over the same rows divided by the norm's forward+backward: what the torch path pays before it
+maps anything.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from shiftlab.functional import _rank_map_triton
+from shiftlab.functional._rank_map import _argsort
 from shiftlab.nn import GroupMap, InstanceMap, LayerMap
 
 SHAPES = {"small": (32, 64, 32, 32), "large": (8, 256, 56, 56)}
@@ -86,25 +93,44 @@ def _pair(candidate: nn.Module, anchor: nn.Module, x: torch.Tensor, repeats: int
     return out
 
 
+def _sort_floor(x: torch.Tensor, rows: int, repeats: int) -> float:
+    flat = x.reshape(rows, -1).contiguous()
+    _argsort(flat)
+    times = [_timed(lambda: _argsort(flat), x.device) for _ in range(repeats)]
+    return 1e3 * statistics.median(times)
+
+
+def _paths(device: torch.device, grad: str) -> list[str]:
+    fused = device.type == "cuda" and grad == "ste" and _rank_map_triton._triton() is not None
+    return ["fused", "torch"] if fused else ["torch"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--grad", nargs="+", default=["ste"], choices=["ste", "ecdf", "softrank"])
     parser.add_argument("--layers", nargs="+", default=["group", "instance", "layer"])
+    parser.add_argument(
+        "--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if present"
+    )
+    parser.add_argument("--max-in-registers", type=int, help="override MAX_IN_REGISTERS (tuning)")
     args = parser.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.max_in_registers is not None:
+        _rank_map_triton.MAX_IN_REGISTERS = args.max_in_registers
+    devices = [torch.device(d) for d in args.devices or ["cpu"] + ["cuda"] * torch.cuda.is_available()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; medians of {args.repeats}")
     header = (
-        f"{'device':<6} {'shape':<18} {'layer':<22} {'fwd ms':>8} {'anchor':>8} {'ratio':>6} "
-        f"{'f+b ms':>8} {'anchor':>8} {'ratio':>6} {'saved MB':>9} {'anchor':>7}"
+        f"{'device':<6} {'shape':<18} {'layer':<28} {'fwd ms':>8} {'anchor':>8} {'ratio':>6} "
+        f"{'f+b ms':>8} {'anchor':>8} {'ratio':>6} {'floor':>6} {'saved MB':>9} {'anchor':>7}"
     )
     print(header)
     for device in devices:
         for shape_name in args.shapes:
             shape = SHAPES[shape_name]
-            _, c, h, w = shape
+            n, c, h, w = shape
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+            rows = {"group": n * 32, "instance": n * c, "layer": n}
             for grad in args.grad:
                 pairs = {
                     "group": (GroupMap(32, c, grad=grad), nn.GroupNorm(32, c)),
@@ -113,17 +139,21 @@ def main() -> None:
                 }
                 for kind in args.layers:
                     cand, anchor = (m.to(device) for m in pairs[kind])
-                    r = _pair(cand, anchor, x, args.repeats)
-                    label = f"{type(cand).__name__}[{grad}]"
-                    print(
-                        f"{device.type:<6} {shape_name + str(shape):<18} {label:<22} "
-                        f"{r['fwd_ms']:>8.1f} {r['fwd_anchor_ms']:>8.1f} "
-                        f"{r['fwd_ms'] / r['fwd_anchor_ms']:>6.1f} "
-                        f"{r['fwd_bwd_ms']:>8.1f} {r['fwd_bwd_anchor_ms']:>8.1f} "
-                        f"{r['fwd_bwd_ms'] / r['fwd_bwd_anchor_ms']:>6.1f} "
-                        f"{r['saved_mb']:>9.1f} {r['saved_anchor_mb']:>7.1f}",
-                        flush=True,
-                    )
+                    for path in _paths(device, grad):
+                        _rank_map_triton.ENABLED = path == "fused"
+                        r = _pair(cand, anchor, x, args.repeats)
+                        floor = _sort_floor(x, rows[kind], args.repeats) / r["fwd_bwd_anchor_ms"]
+                        label = f"{type(cand).__name__}[{grad},{path}]"
+                        print(
+                            f"{device.type:<6} {shape_name + str(shape):<18} {label:<28} "
+                            f"{r['fwd_ms']:>8.2f} {r['fwd_anchor_ms']:>8.2f} "
+                            f"{r['fwd_ms'] / r['fwd_anchor_ms']:>6.1f} "
+                            f"{r['fwd_bwd_ms']:>8.2f} {r['fwd_bwd_anchor_ms']:>8.2f} "
+                            f"{r['fwd_bwd_ms'] / r['fwd_bwd_anchor_ms']:>6.1f} {floor:>6.1f} "
+                            f"{r['saved_mb']:>9.1f} {r['saved_anchor_mb']:>7.1f}",
+                            flush=True,
+                        )
+                    _rank_map_triton.ENABLED = True
 
 
 if __name__ == "__main__":

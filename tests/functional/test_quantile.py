@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from shiftlab.functional import _rank_map, quantile
-from shiftlab.functional._rank_map import _radix_argsort
+from shiftlab.functional._rank_map import PARALLEL_MIN_SIZE, _argsort, _radix_argsort
 from shiftlab.functional.quantile import (
     GRAD_NAMES,
     empirical_quantiles,
@@ -78,8 +78,22 @@ def test_rank_sort_equals_torch_sort(dtype: torch.dtype) -> None:
     want = torch.sort(x, dim=-1, stable=True).values
     if dtype == torch.float32:
         assert torch.equal(x.gather(-1, _radix_argsort(x)), want)
-    levels = (torch.from_numpy(scipy.stats.rankdata(x.numpy(), axis=-1)) - 0.5) / 777
+    levels = (torch.from_numpy(scipy.stats.rankdata(x.numpy(), axis=-1)).double() - 0.5) / 777
     torch.testing.assert_close(quantile_map(x).double(), torch.special.ndtri(levels), atol=2e-6, rtol=0)
+
+
+def test_threaded_argsort_equals_one_thread() -> None:
+    x = torch.randn(37, 1001, generator=torch.Generator().manual_seed(3))
+    x[:, ::7] = 0.5  # ties: the chunks must keep the stable order too
+    assert x.numel() >= PARALLEL_MIN_SIZE
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # three uneven chunks of rows
+        got = _argsort(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, _radix_argsort(x))
+    assert torch.equal(got, torch.sort(x, dim=-1, stable=True).indices)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -5,12 +5,16 @@ mid-ranks for ties, the lookup of each rank's target quantile, and the three bac
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.distributions import Distribution
+
+from shiftlab.functional._rank_map_triton import fused_available, fused_lookup, fused_rank
 
 #: Neighbours on each side in the soft-rank surrogate's backward.
 SOFTRANK_NEIGHBOURS = 8
@@ -20,7 +24,7 @@ NORM_EPS = 1e-5
 
 def _radix_argsort(rows: torch.Tensor) -> torch.Tensor:
     """Exact stable argsort of float32 CPU rows: LSD radix on the two 16-bit halves of an ordered key."""
-    a = (rows + 0.0).numpy()  # -0.0 + 0.0 == +0.0, so the two zeros tie as they compare equal
+    a = (rows.detach() + 0.0).numpy()  # -0.0 + 0.0 == +0.0, so the two zeros tie as they compare equal
     b = a.view(np.int32)
     key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))  # signed int32 order == float order
     p1 = torch.from_numpy(np.argsort(key.astype(np.uint16), axis=-1, kind="stable"))
@@ -29,10 +33,24 @@ def _radix_argsort(rows: torch.Tensor) -> torch.Tensor:
     return p1.gather(-1, p2)
 
 
+#: Rows x length below which the CPU radix argsort runs on the calling thread only.
+PARALLEL_MIN_SIZE = 1 << 15
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="shiftlab-rank")
+
+
 def _argsort(rows: torch.Tensor) -> torch.Tensor:
-    if rows.device.type == "cpu" and rows.dtype == torch.float32:
+    """Exact stable argsort along the last dimension; on the CPU the radix argsort, in row chunks over
+    ``torch.get_num_threads()`` threads (numpy's sort and torch's gather release the GIL)."""
+    if rows.device.type != "cpu" or rows.dtype != torch.float32:
+        return torch.sort(rows, dim=-1, stable=True).indices
+    workers = min(torch.get_num_threads(), rows.shape[0])
+    if workers < 2 or rows.numel() < PARALLEL_MIN_SIZE:
         return _radix_argsort(rows)
-    return torch.sort(rows, dim=-1, stable=True).indices
+    return torch.cat(list(_pool(workers).map(_radix_argsort, rows.chunk(workers))))
 
 
 class _Ties(NamedTuple):
@@ -118,6 +136,13 @@ class RankMap(torch.autograd.Function):
         ctx: Any, rows: torch.Tensor, table: torch.Tensor, slope_table: torch.Tensor | None, grad: str
     ) -> torch.Tensor:
         r, m = rows.shape
+        ctx.grad = grad
+        ctx.table_size = table.shape[0]
+        ctx.fused = grad == "ste" and fused_available(rows)
+        if ctx.fused:
+            mid, _, mean, rstd = fused_rank(rows, eps=NORM_EPS)
+            ctx.save_for_backward(rows, slope_table, mean, rstd, mid)
+            return fused_lookup(mid, table)
         order = _argsort(rows)
         xs = rows.gather(-1, order)
         if not bool(torch.isfinite(xs[:, 0]).all() & torch.isfinite(xs[:, -1]).all()):
@@ -127,8 +152,6 @@ class RankMap(torch.autograd.Function):
         blocks = None if ties is None else ties.dense(r, m)
         ys = _at_midranks(table, ties, r, m)
         y = torch.empty_like(ys).scatter_(-1, order, ys)
-        ctx.grad = grad
-        ctx.table_size = table.shape[0]
         idx_orig = None
         if ctx.needs_input_grad[1]:
             idx = 2 * k.expand(r, m) if blocks is None else blocks[0] + blocks[1]
@@ -171,8 +194,10 @@ class RankMap(torch.autograd.Function):
             # the row-wise standardisation's backward, (w - mean w - z mean(w z)) / sigma with w = g rho,
             # through torch's fused layer-norm backward kernel
             rows, rho, mean, rstd, idx_orig = ctx.saved_tensors
+            # fused: rho is the slope table and idx_orig the doubled mid-ranks, w = g * slope[mid]
+            w = fused_lookup(idx_orig, rho, g) if ctx.fused else g * rho
             gx = torch.ops.aten.native_layer_norm_backward(
-                g * rho, rows, [rows.shape[-1]], mean, rstd, None, None, [True, False, False]
+                w, rows, [rows.shape[-1]], mean, rstd, None, None, [True, False, False]
             )[0]
         else:
             xs, order, dq, tau, idx_orig = ctx.saved_tensors
@@ -189,6 +214,10 @@ class RankMap(torch.autograd.Function):
             gs = torch.where(live, gs, torch.zeros_like(gs))
             gx = torch.empty_like(gs).scatter_(-1, order, gs)
         g_table = None
-        if idx_orig is not None:
-            g_table = torch.bincount(idx_orig.reshape(-1), weights=g.reshape(-1), minlength=ctx.table_size)
+        if ctx.needs_input_grad[1]:
+            idx, weights = idx_orig.reshape(-1), g.reshape(-1)
+            if ctx.fused:  # -1 marks rows that held NaN or inf: their NaN goes to the table's gradient
+                bad = idx < 0
+                idx, weights = torch.where(bad, 0, idx).long(), torch.where(bad, torch.nan, weights)
+            g_table = torch.bincount(idx, weights=weights, minlength=ctx.table_size)
         return gx, g_table, None, None

@@ -29,12 +29,16 @@ backward pass uses a documented surrogate (``grad``):
     with :math:`a = g\, Q'(u)/M`, :math:`\kappa = \sigma'(\cdot/\tau)/\tau`.
 
 On the CPU, float32 rows are ranked with an exact two-pass 16-bit radix argsort (numpy's stable sort of
-16-bit keys), about twice as fast as ``torch.sort``; elsewhere ``torch.sort`` is used. Half precision is
-ranked in float32 and cast back.
+16-bit keys), about twice as fast as ``torch.sort``, in row chunks over ``torch.get_num_threads()``
+threads; elsewhere ``torch.sort`` is used. On CUDA with Triton, the ``ste`` surrogate in float32 runs as
+fused kernels (:mod:`shiftlab.functional._rank_map_triton`) with bitwise the same output; there a row
+holding NaN or inf maps to NaN, as ``nn.GroupNorm`` does, where the other paths raise ``ValueError``
+(refusing would cost a host synchronisation per call). Half precision is ranked in float32 and cast back.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -287,7 +291,8 @@ def quantile_map(
     Parameters
     ----------
     x
-        Shape (..., M), M >= 1, finite, any float dtype (half precision is ranked in float32).
+        Shape (..., M), M >= 1, finite (NaN or inf raise ``ValueError``; on the fused CUDA path the row maps
+        to NaN, see the module docstring), any float dtype (half precision is ranked in float32).
     target
         See :func:`target_quantiles`.
     grad
@@ -314,6 +319,13 @@ def quantile_map(
     _check_noise(tie_noise, generator)
     if t.ndim == 0 or t.shape[-1] == 0:
         raise ValueError(f"x needs at least one value along its last dimension; got {tuple(t.shape)}")
+    return _map_rows(t, target, grad, tie_noise, generator)
+
+
+def _map_rows(
+    t: torch.Tensor, target: Target, grad: str, tie_noise: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """:func:`quantile_map` on checked arguments."""
     m = t.shape[-1]
     work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     rows = work.reshape(-1, m)
@@ -321,17 +333,34 @@ def quantile_map(
         assert generator is not None
         noise = torch.randn(rows.shape, generator=generator, device=generator.device, dtype=rows.dtype)
         rows = rows + tie_noise * noise.to(rows.device)
+    if isinstance(target, str):
+        table, slope_table = _named_tables(target, m, grad, rows.device, rows.dtype)
+    else:
+        table, slope_table = _rank_tables(target, m, grad, rows.device, rows.dtype)
+    y = RankMap.apply(rows.contiguous(), table, slope_table, grad)
+    return y.reshape(t.shape).to(t.dtype)
+
+
+def _rank_tables(
+    target: Target, m: int, grad: str, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target quantiles at the doubled mid-rank levels (j + 1)/(2m), j = 0..2m-2, and the surrogate's
+    slope at the same levels (None for ``ecdf``)."""
     levels = (torch.arange(2 * m - 1, dtype=torch.float64) + 1) / (2 * m)
     table = target_quantiles(target, levels)
     slope_table = None
     if grad == "ste":
         # dQ/dz for z ~ N(0, 1): Q'(u) phi(Phi^-1(u)), identically 1 for the gaussian target
         phi = torch.exp(-0.5 * torch.special.ndtri(levels) ** 2) / math.sqrt(2 * math.pi)
-        slope_table = (quantile_slope(target, levels, table) * phi).to(rows)
+        slope_table = (quantile_slope(target, levels, table) * phi).to(device=device, dtype=dtype)
     elif grad == "softrank":
-        slope_table = quantile_slope(target, levels, table).to(rows)
-    y = RankMap.apply(rows.contiguous(), table.to(rows), slope_table, grad)
-    return y.reshape(t.shape).to(t.dtype)
+        slope_table = quantile_slope(target, levels, table).to(device=device, dtype=dtype)
+    return table.to(device=device, dtype=dtype), slope_table
+
+
+#: Tables of the named targets, kept per (name, m, grad, device, dtype): building them costs host work
+#: and, on a GPU, two host-to-device copies per call.
+_named_tables = functools.lru_cache(maxsize=64)(_rank_tables)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -413,7 +442,7 @@ def group_map(
     work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     grouped = work.reshape(n, num_groups, -1)
     if knots is None:
-        mapped = quantile_map(grouped, target, grad=grad, tie_noise=tie_noise, generator=generator)
+        mapped = _map_rows(grouped, target, grad, tie_noise, generator)
     else:
         if knots.ndim != 2 or knots.shape[0] != num_groups or knots.shape[1] < 2:
             raise ValueError(f"knots must have shape ({num_groups}, K>=2); got {tuple(knots.shape)}")
@@ -429,8 +458,10 @@ def group_map(
         mapped = blend * mapped + (1.0 - blend) * normed
     y = mapped.reshape(t.shape)
     shape = (1, c) + (1,) * (t.ndim - 2)
-    if weight is not None:
+    if weight is not None and bias is not None:
+        y = torch.addcmul(bias.to(y.dtype).reshape(shape), y, weight.to(y.dtype).reshape(shape))
+    elif weight is not None:
         y = y * weight.to(y.dtype).reshape(shape)
-    if bias is not None:
+    elif bias is not None:
         y = y + bias.to(y.dtype).reshape(shape)
     return y.to(t.dtype).contiguous(memory_format=_memory_format(t))
