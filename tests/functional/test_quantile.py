@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import math
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from shiftlab.functional import _rank_map, quantile
+from shiftlab.functional import _quantile_curves, _rank_map, quantile
 from shiftlab.functional._rank_map import PARALLEL_MIN_SIZE, _argsort, _radix_argsort
 from shiftlab.functional.quantile import (
     GRAD_NAMES,
@@ -33,9 +34,10 @@ SCIPY = {
 }
 
 
-def test_docstring_examples() -> None:
-    result = doctest.testmod(quantile, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 7 and result.failed == 0
+@pytest.mark.parametrize("module", [quantile, _quantile_curves], ids=lambda m: m.__name__)
+def test_docstring_examples(module: ModuleType) -> None:
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
 
 
 # ------------------------------------------------------------------------------------------ the forward map

@@ -11,7 +11,7 @@ from torch import nn
 
 import shiftlab.nn
 from shiftlab.data import load
-from shiftlab.functional.quantile import GRAD_NAMES
+from shiftlab.functional.quantile import GRAD_NAMES, empirical_quantiles, knot_levels
 from shiftlab.nn import GroupMap, InstanceMap, LayerMap, MonotoneTarget, _layers, _target
 
 
@@ -143,6 +143,17 @@ def test_momentum_ema_update() -> None:
     torch.testing.assert_close(layer.running_knots, 0.5 * start + 0.5 * batch)
     layer.reset_running_stats()
     torch.testing.assert_close(layer.running_knots, start)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.5])
+def test_running_knots_are_the_batch_mean_of_clean_group_quantiles(eps: float) -> None:
+    # the knots reuse the map's sorted rows; with tie noise they must still come from the clean input
+    x = torch.randn(5, 6, 7, 3, generator=torch.Generator().manual_seed(2))
+    x[:, :, :2] = 0.0
+    layer = GroupMap(3, 6, track_running_stats=True, momentum=1.0, n_knots=9, eps=eps)
+    layer(x)
+    want = empirical_quantiles(x.reshape(5, 3, -1), knot_levels(9)).mean(0)
+    torch.testing.assert_close(layer.running_knots, want.float())
 
 
 def test_tie_noise_is_seeded_and_off_in_eval() -> None:

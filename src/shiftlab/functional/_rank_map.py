@@ -129,20 +129,22 @@ def quantile_slope(
 
 
 class RankMap(torch.autograd.Function):
-    """y = table[2 * midrank - 2] row-wise, with the surrogate backward named by ``grad``."""
+    """y = table[2 * midrank - 2] row-wise, with the surrogate backward named by ``grad``; also returns the
+    sorted rows (not differentiable), which the ranking produced anyway."""
 
     @staticmethod
     def forward(
         ctx: Any, rows: torch.Tensor, table: torch.Tensor, slope_table: torch.Tensor | None, grad: str
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         r, m = rows.shape
         ctx.grad = grad
         ctx.table_size = table.shape[0]
         ctx.fused = grad == "ste" and fused_available(rows)
         if ctx.fused:
-            mid, _, mean, rstd = fused_rank(rows, eps=NORM_EPS)
+            mid, xs, mean, rstd = fused_rank(rows, eps=NORM_EPS)
             ctx.save_for_backward(rows, slope_table, mean, rstd, mid)
-            return fused_lookup(mid, table)
+            ctx.mark_non_differentiable(xs)
+            return fused_lookup(mid, table), xs
         order = _argsort(rows)
         xs = rows.gather(-1, order)
         if not bool(torch.isfinite(xs[:, 0]).all() & torch.isfinite(xs[:, -1]).all()):
@@ -182,10 +184,13 @@ class RankMap(torch.autograd.Function):
             tau = 0.5 * SOFTRANK_NEIGHBOURS * spread / m
             assert slope_table is not None
             ctx.save_for_backward(xs, order, _at_midranks(slope_table, ties, r, m), tau, idx_orig)
-        return y
+        ctx.mark_non_differentiable(xs)
+        return y, xs
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    def backward(
+        ctx: Any, g: torch.Tensor, _g_sorted: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         g = g.contiguous()
         if ctx.grad == "ecdf":
             slope, idx_orig = ctx.saved_tensors

@@ -40,13 +40,20 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import torch
-from torch.distributions import Distribution
 from torch.nn import functional as tnf
 
 from shiftlab.functional._convert import ArrayLike, as_tensor
+from shiftlab.functional._quantile_curves import (
+    TARGET_NAMES,
+    Target,
+    _check_target,
+    empirical_quantiles,
+    interp_map,
+    knot_levels,
+    target_quantiles,
+)
 from shiftlab.functional._rank_map import NORM_EPS, RankMap, quantile_slope
 
 __all__ = [
@@ -61,207 +68,8 @@ __all__ = [
     "target_quantiles",
 ]
 
-#: Named targets: uniform on :math:`[-\sqrt3, \sqrt3]` (unit variance), standard normal, standard Cauchy.
-TARGET_NAMES = ("uniform", "gaussian", "cauchy")
 #: Backward surrogates of the rank map (see the module docstring).
 GRAD_NAMES = ("ecdf", "ste", "softrank")
-Target = str | Distribution | torch.Tensor
-
-
-def knot_levels(n: int, *, dtype: torch.dtype = torch.float64, device: Any = None) -> torch.Tensor:
-    r"""Hazen plotting positions :math:`p_k = (k + 1/2)/n`, :math:`k = 0, \dots, n-1`.
-
-    Examples
-    --------
-    >>> knot_levels(4)
-    tensor([0.1250, 0.3750, 0.6250, 0.8750], dtype=torch.float64)
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int; got {n!r}")
-    return (torch.arange(n, dtype=dtype, device=device) + 0.5) / n
-
-
-def _check_target(target: Target) -> None:
-    if isinstance(target, str):
-        if target not in TARGET_NAMES:
-            raise ValueError(f"unknown target {target!r}; valid names: {', '.join(TARGET_NAMES)}")
-    elif isinstance(target, Distribution):
-        if tuple(target.batch_shape) != () or tuple(target.event_shape) != ():
-            raise ValueError(
-                "a distribution target must be scalar (batch_shape and event_shape ()); got "
-                f"{tuple(target.batch_shape)} and {tuple(target.event_shape)}"
-            )
-    elif isinstance(target, torch.Tensor):
-        if target.ndim != 1 or target.shape[0] < 2:
-            raise ValueError(f"a tensor target must be 1-D with >= 2 quantiles; got {tuple(target.shape)}")
-        if not target.is_floating_point() or not bool(torch.isfinite(target).all()):
-            raise ValueError("a tensor target must hold finite floating-point quantiles")
-        if bool((target[1:] < target[:-1]).any()):
-            raise ValueError("a tensor target must be nondecreasing (quantiles at levels (k+0.5)/K)")
-    else:
-        raise TypeError(
-            f"target must be one of {TARGET_NAMES}, a torch.distributions.Distribution with icdf, or a "
-            f"1-D tensor of quantiles; got {type(target).__name__}"
-        )
-
-
-def target_quantiles(target: Target, levels: ArrayLike) -> torch.Tensor:
-    r"""The target quantile function :math:`Q(u)` at ``levels`` in (0, 1).
-
-    Names: ``"uniform"`` :math:`Q(u) = \sqrt3\,(2u - 1)`, ``"gaussian"`` :math:`\Phi^{-1}(u)`,
-    ``"cauchy"`` :math:`\tan(\pi(u - 1/2))`. A scalar ``torch.distributions`` object uses its ``icdf``.
-    A 1-D nondecreasing tensor :math:`q_0 \le \dots \le q_{K-1}` gives the quantiles at
-    :math:`(k + 1/2)/K`; :math:`Q` interpolates them linearly and extends the end segments linearly
-    (differentiable in the tensor, which is how a learnable target trains).
-
-    Parameters
-    ----------
-    target
-        A name in :data:`TARGET_NAMES`, a scalar distribution, or a tensor of quantiles.
-    levels
-        Values strictly inside (0, 1), any shape.
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape as ``levels``; float64 for names and distributions, the tensor's dtype otherwise.
-
-    Examples
-    --------
-    >>> target_quantiles("gaussian", [0.5, 0.975]).round(decimals=3)
-    tensor([0.0000, 1.9600], dtype=torch.float64)
-    >>> target_quantiles(torch.tensor([-1.0, 1.0]), [0.25, 0.5])
-    tensor([-1.,  0.])
-    """
-    _check_target(target)
-    u = as_tensor(levels, name="levels")
-    if bool(((u <= 0) | (u >= 1)).any()):
-        raise ValueError("levels must lie strictly inside (0, 1)")
-    if isinstance(target, torch.Tensor):
-        p = knot_levels(target.shape[0], dtype=target.dtype, device=target.device)
-        flat = u.to(device=target.device, dtype=target.dtype).reshape(1, -1)
-        return interp_map(flat, p.unsqueeze(0), target.unsqueeze(0)).reshape(u.shape)
-    u = u.to(torch.float64)
-    if target == "uniform":
-        return math.sqrt(3.0) * (2.0 * u - 1.0)
-    if target == "gaussian":
-        return torch.special.ndtri(u)
-    if target == "cauchy":
-        return torch.tan(math.pi * (u - 0.5))
-    assert isinstance(target, Distribution)
-    try:
-        q = target.icdf(u.to(target.mean.dtype if target.mean.is_floating_point() else torch.float64))
-    except NotImplementedError as err:
-        raise TypeError(f"{type(target).__name__} has no icdf; pass a name or a tensor of quantiles") from err
-    q = q.to(torch.float64)
-    if not bool(torch.isfinite(q).all()):
-        raise ValueError(f"{type(target).__name__}.icdf gave non-finite quantiles at interior levels")
-    return q
-
-
-def empirical_quantiles(x: ArrayLike, levels: ArrayLike) -> torch.Tensor:
-    r"""Hazen quantiles along the last dimension (``numpy.quantile(method="hazen")``).
-
-    The quantile at level :math:`p` sits at 0-based position :math:`pM - 1/2` of the sorted row,
-    interpolated linearly between neighbouring order statistics and equal to the minimum (maximum) below
-    position 0 (above :math:`M - 1`): the inverse of the interpolated ECDF through :math:`(x_{(k)}, p_k)`.
-
-    Parameters
-    ----------
-    x
-        Shape (..., M), M >= 1, finite.
-    levels
-        1-D, values in [0, 1].
-
-    Returns
-    -------
-    torch.Tensor
-        Shape (..., len(levels)), dtype of ``x``.
-
-    Examples
-    --------
-    >>> empirical_quantiles(torch.tensor([3.0, 1.0, 2.0, 4.0]), torch.tensor([0.125, 0.5, 0.875]))
-    tensor([1.0000, 2.5000, 4.0000])
-    """
-    t = as_tensor(x, name="x")
-    p = as_tensor(levels, name="levels", ndim=1)
-    if t.ndim == 0 or t.shape[-1] == 0:
-        raise ValueError(f"x needs at least one value along its last dimension; got {tuple(t.shape)}")
-    if bool(((p < 0) | (p > 1)).any()):
-        raise ValueError("levels must lie in [0, 1]")
-    m = t.shape[-1]
-    xs = torch.sort(t, dim=-1).values
-    pos = (p.to(torch.float64) * m - 0.5).clamp(0, m - 1).to(t.device)
-    lo = pos.floor().long()
-    hi = torch.clamp(lo + 1, max=m - 1)
-    w = (pos - lo).to(t.dtype)
-    return xs[..., lo] * (1 - w) + xs[..., hi] * w
-
-
-def interp_map(x: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
-    r"""Nondecreasing piecewise-linear map through the knots :math:`(x_k, y_k)`, batched.
-
-    Between knots the map interpolates linearly; beyond the end knots it continues with the slope of the
-    chord from the end knot to the nearest knot with a different :math:`x` (0 if all knots are equal). At
-    a value shared by several knots the output is the mean of the left and right limits, the continuous
-    analogue of mid-ranks. Differentiable in all three arguments (autograd).
-
-    Parameters
-    ----------
-    x
-        Shape (..., M).
-    knots_x, knots_y
-        Shape (..., K), K >= 2, same leading dimensions as ``x``; ``knots_x`` nondecreasing along the
-        last dimension.
-
-    Returns
-    -------
-    torch.Tensor
-        Shape of ``x``.
-
-    Examples
-    --------
-    >>> interp_map(torch.tensor([[-1.0, 0.5, 3.0]]), torch.tensor([[0.0, 1.0, 2.0]]),
-    ...            torch.tensor([[0.0, 10.0, 11.0]]))
-    tensor([[-10.,   5.,  12.]])
-    """
-    if knots_x.shape != knots_y.shape or knots_x.shape[:-1] != x.shape[:-1] or knots_x.shape[-1] < 2:
-        raise ValueError(
-            "interp_map needs knots_x and knots_y of shape (..., K>=2) matching x's leading dimensions; got "
-            f"x {tuple(x.shape)}, knots_x {tuple(knots_x.shape)}, knots_y {tuple(knots_y.shape)}"
-        )
-    k = knots_x.shape[-1]
-    kx = knots_x.contiguous()
-    xc = x.contiguous()
-
-    def end_slope(end: int, inner: torch.Tensor) -> torch.Tensor:
-        j = inner.clamp(0, k - 1)
-        dx = kx[..., end : end + 1] - kx.gather(-1, j)
-        dy = knots_y[..., end : end + 1] - knots_y.gather(-1, j)
-        ok = (dx != 0) & (inner >= 0) & (inner <= k - 1)
-        return torch.where(ok, dy / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
-
-    last_inner = torch.searchsorted(kx, kx[..., -1:].contiguous(), right=False) - 1
-    first_inner = torch.searchsorted(kx, kx[..., :1].contiguous(), right=True)
-    slope_left, slope_right = end_slope(0, first_inner), end_slope(k - 1, last_inner)
-
-    def limit(right: bool) -> torch.Tensor:
-        i = torch.searchsorted(kx, xc, right=right)
-        # right limit: j is the last knot <= x; left limit: j is the first knot >= x
-        j = (i - 1) if right else i
-        inside = (i > 0) & (i < k)
-        j0 = j.clamp(0, k - 1)
-        j1 = (j0 + (1 if right else -1)).clamp(0, k - 1)
-        x0, y0 = kx.gather(-1, j0), knots_y.gather(-1, j0)
-        x1, y1 = kx.gather(-1, j1), knots_y.gather(-1, j1)
-        dx = x1 - x0
-        seg = torch.where(dx != 0, (y1 - y0) / torch.where(dx != 0, dx, torch.ones_like(dx)), 0 * dx)
-        body = y0 + (xc - x0) * seg
-        below = knots_y[..., :1] + (xc - kx[..., :1]) * slope_left
-        above = knots_y[..., -1:] + (xc - kx[..., -1:]) * slope_right
-        return torch.where(inside, body, torch.where(i == 0, below, above))
-
-    return 0.5 * (limit(right=False) + limit(right=True))
 
 
 def _check_choice(value: str, name: str, valid: tuple[str, ...]) -> None:
@@ -319,13 +127,14 @@ def quantile_map(
     _check_noise(tie_noise, generator)
     if t.ndim == 0 or t.shape[-1] == 0:
         raise ValueError(f"x needs at least one value along its last dimension; got {tuple(t.shape)}")
-    return _map_rows(t, target, grad, tie_noise, generator)
+    return _map_rows(t, target, grad, tie_noise, generator)[0]
 
 
 def _map_rows(
     t: torch.Tensor, target: Target, grad: str, tie_noise: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """:func:`quantile_map` on checked arguments."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`quantile_map` on checked arguments, and the rows of ``t`` sorted (float32 for half
+    precision, shape (rows, M)) as a by-product of the ranking; None when tie noise was added."""
     m = t.shape[-1]
     work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     rows = work.reshape(-1, m)
@@ -337,8 +146,8 @@ def _map_rows(
         table, slope_table = _named_tables(target, m, grad, rows.device, rows.dtype)
     else:
         table, slope_table = _rank_tables(target, m, grad, rows.device, rows.dtype)
-    y = RankMap.apply(rows.contiguous(), table, slope_table, grad)
-    return y.reshape(t.shape).to(t.dtype)
+    y, xs = RankMap.apply(rows.contiguous(), table, slope_table, grad)
+    return y.reshape(t.shape).to(t.dtype), (None if tie_noise > 0 else xs)
 
 
 def _rank_tables(
@@ -423,6 +232,35 @@ def group_map(
     >>> tuple(y.shape), round(float(y[0, :2].std()), 2)
     ((2, 4, 8, 8), 1.0)
     """
+    return _group_map(
+        x,
+        num_groups,
+        target,
+        weight,
+        bias,
+        knots=knots,
+        blend=blend,
+        grad=grad,
+        tie_noise=tie_noise,
+        generator=generator,
+    )[0]
+
+
+def _group_map(
+    x: ArrayLike,
+    num_groups: int,
+    target: Target = "gaussian",
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    knots: torch.Tensor | None = None,
+    blend: float = 1.0,
+    grad: str = "ecdf",
+    tie_noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`group_map`, and each (sample, group) row sorted when the rank map ran without tie noise
+    (shape (N * num_groups, M); None otherwise), for running quantiles without a second sort."""
     t = as_tensor(x, name="x", finite=False)
     if t.ndim < 2:
         raise ValueError(f"x must have shape (N, C, *); got {tuple(t.shape)}")
@@ -441,8 +279,9 @@ def group_map(
     _check_noise(tie_noise, generator)
     work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     grouped = work.reshape(n, num_groups, -1)
+    sorted_rows = None
     if knots is None:
-        mapped = _map_rows(grouped, target, grad, tie_noise, generator)
+        mapped, sorted_rows = _map_rows(grouped, target, grad, tie_noise, generator)
     else:
         if knots.ndim != 2 or knots.shape[0] != num_groups or knots.shape[1] < 2:
             raise ValueError(f"knots must have shape ({num_groups}, K>=2); got {tuple(knots.shape)}")
@@ -464,4 +303,4 @@ def group_map(
         y = y * weight.to(y.dtype).reshape(shape)
     elif bias is not None:
         y = y + bias.to(y.dtype).reshape(shape)
-    return y.to(t.dtype).contiguous(memory_format=_memory_format(t))
+    return y.to(t.dtype).contiguous(memory_format=_memory_format(t)), sorted_rows

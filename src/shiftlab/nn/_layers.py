@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from shiftlab.functional._quantile_curves import sorted_quantiles
 from shiftlab.functional.quantile import (
     GRAD_NAMES,
     TARGET_NAMES,
     Target,
-    empirical_quantiles,
-    group_map,
+    _group_map,
     knot_levels,
     target_quantiles,
 )
@@ -117,29 +117,30 @@ class _QuantileMap(nn.Module):
     def _map(
         self, x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        knots = None
-        if self.running_knots is not None and self.num_batches_tracked is not None:
-            if self.training:
-                with torch.no_grad():
-                    grouped = x.detach().float().reshape(x.shape[0], groups, -1)
-                    batch = empirical_quantiles(grouped, knot_levels(self.n_knots)).mean(0)
-                    self.num_batches_tracked += 1
-                    m = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
-                    self.running_knots.lerp_(batch.to(self.running_knots), m)
-            else:
-                knots = self.running_knots
-        return group_map(
+        tracking = self.running_knots is not None and self.num_batches_tracked is not None
+        y, sorted_rows = _group_map(
             x,
             groups,
             self._target(),
             weight,
             bias,
-            knots=knots,
+            knots=self.running_knots if tracking and not self.training else None,
             blend=self.blend,
             grad=self.grad,
             tie_noise=self.eps if self.training else 0.0,
             generator=self.generator,
         )
+        if tracking and self.training:
+            assert self.running_knots is not None and self.num_batches_tracked is not None
+            with torch.no_grad():
+                if sorted_rows is None:  # ranked with tie noise: the knots come from the clean input
+                    sorted_rows = torch.sort(x.detach().float().reshape(x.shape[0] * groups, -1), -1).values
+                rows = sorted_rows.reshape(x.shape[0], groups, -1)
+                batch = sorted_quantiles(rows, knot_levels(self.n_knots)).mean(0)
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
+                self.running_knots.lerp_(batch.to(self.running_knots), m)
+        return y
 
     def _extra(self) -> str:
         target = (
