@@ -12,7 +12,10 @@ autograd saves for backward is summed over the saved tensors (bytes, device-inde
 the issue: forward+backward at most 3x the torch norm on CPU and 2x on GPU. The ``floor`` column is the
 time of the torch path's ranking step alone (its exact argsort: a 16-bit radix on the CPU, ``torch.sort``
 on a GPU) over the same rows divided by the norm's forward+backward: what the torch path pays before it
-maps anything.
+maps anything. On CUDA, ``kernel`` is the ratio of summed kernel time (torch.profiler) for forward+backward:
+at these sizes the norms are bound by launch latency (about 50 us of kernels in 200-400 us of wall time), so
+the wall-clock ratio flatters any layer that launches a few more, longer kernels; the kernel ratio is what a
+launch-free (CUDA-graph or much larger) workload would see.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from shiftlab.functional import _rank_map_triton
 from shiftlab.functional._rank_map import _argsort
@@ -93,6 +97,15 @@ def _pair(candidate: nn.Module, anchor: nn.Module, x: torch.Tensor, repeats: int
     return out
 
 
+def _kernel_us(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, repeats: int = 5) -> float:
+    """Summed CUDA kernel time of one forward+backward (the profiler's device time), microseconds."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            layer(x.detach().requires_grad_()).backward(grad_out)
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / repeats
+
+
 def _sort_floor(x: torch.Tensor, rows: int, repeats: int) -> float:
     flat = x.reshape(rows, -1).contiguous()
     _argsort(flat)
@@ -114,6 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if present"
     )
+    parser.add_argument(
+        "--track-running-stats", action="store_true", help="maps with running knots (training-mode update)"
+    )
     parser.add_argument("--max-in-registers", type=int, help="override MAX_IN_REGISTERS (tuning)")
     args = parser.parse_args()
     if args.max_in_registers is not None:
@@ -122,7 +138,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; medians of {args.repeats}")
     header = (
         f"{'device':<6} {'shape':<18} {'layer':<28} {'fwd ms':>8} {'anchor':>8} {'ratio':>6} "
-        f"{'f+b ms':>8} {'anchor':>8} {'ratio':>6} {'floor':>6} {'saved MB':>9} {'anchor':>7}"
+        f"{'f+b ms':>8} {'anchor':>8} {'ratio':>6} {'floor':>6} {'kernel':>6} {'saved MB':>9} {'anchor':>7}"
     )
     print(header)
     for device in devices:
@@ -132,10 +148,14 @@ def main() -> None:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
             rows = {"group": n * 32, "instance": n * c, "layer": n}
             for grad in args.grad:
+                track = args.track_running_stats
                 pairs = {
-                    "group": (GroupMap(32, c, grad=grad), nn.GroupNorm(32, c)),
-                    "instance": (InstanceMap(c, grad=grad), nn.InstanceNorm2d(c)),
-                    "layer": (LayerMap([c, h, w], grad=grad), nn.LayerNorm([c, h, w])),
+                    "group": (GroupMap(32, c, grad=grad, track_running_stats=track), nn.GroupNorm(32, c)),
+                    "instance": (InstanceMap(c, grad=grad, track_running_stats=track), nn.InstanceNorm2d(c)),
+                    "layer": (
+                        LayerMap([c, h, w], grad=grad, track_running_stats=track),
+                        nn.LayerNorm([c, h, w]),
+                    ),
                 }
                 for kind in args.layers:
                     cand, anchor = (m.to(device) for m in pairs[kind])
@@ -143,13 +163,17 @@ def main() -> None:
                         _rank_map_triton.ENABLED = path == "fused"
                         r = _pair(cand, anchor, x, args.repeats)
                         floor = _sort_floor(x, rows[kind], args.repeats) / r["fwd_bwd_anchor_ms"]
+                        kernel = "-"
+                        if device.type == "cuda":
+                            g = torch.randn_like(x)
+                            kernel = f"{_kernel_us(cand, x, g) / _kernel_us(anchor, x, g):.1f}"
                         label = f"{type(cand).__name__}[{grad},{path}]"
                         print(
                             f"{device.type:<6} {shape_name + str(shape):<18} {label:<28} "
                             f"{r['fwd_ms']:>8.2f} {r['fwd_anchor_ms']:>8.2f} "
                             f"{r['fwd_ms'] / r['fwd_anchor_ms']:>6.1f} "
                             f"{r['fwd_bwd_ms']:>8.2f} {r['fwd_bwd_anchor_ms']:>8.2f} "
-                            f"{r['fwd_bwd_ms'] / r['fwd_bwd_anchor_ms']:>6.1f} {floor:>6.1f} "
+                            f"{r['fwd_bwd_ms'] / r['fwd_bwd_anchor_ms']:>6.1f} {floor:>6.1f} {kernel:>6} "
                             f"{r['saved_mb']:>9.1f} {r['saved_anchor_mb']:>7.1f}",
                             flush=True,
                         )

@@ -174,6 +174,8 @@ class GroupMap(_QuantileMap):
     :func:`~shiftlab.functional.quantile.group_map`. With ``track_running_stats`` the per-group quantile
     knots (the batch mean of the per-sample quantiles at :math:`(k+1/2)/K`, a 1-D Wasserstein barycentre)
     are updated by EMA in training and eval maps through them: deterministic and batch-independent.
+    On CUDA with Triton (float32, ``grad="ste"``) the map runs as fused kernels with the same output; there
+    a group holding NaN or inf maps to NaN, as in ``nn.GroupNorm``, where the CPU path raises ``ValueError``.
 
     Parameters
     ----------
