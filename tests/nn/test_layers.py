@@ -212,6 +212,8 @@ def test_bad_arguments() -> None:
         LayerMap([3, 4])(torch.randn(2, 4, 3))
     with pytest.raises(TypeError, match="target must be"):
         GroupMap(2, 4, target=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="floating-point input"):
+        GroupMap(2, 4)(torch.ones(2, 4, 3, dtype=torch.long))
 
 
 def test_small_cnn_with_group_map_learns_real_digits() -> None:

@@ -232,39 +232,10 @@ def group_map(
     >>> tuple(y.shape), round(float(y[0, :2].std()), 2)
     ((2, 4, 8, 8), 1.0)
     """
-    return _group_map(
-        x,
-        num_groups,
-        target,
-        weight,
-        bias,
-        knots=knots,
-        blend=blend,
-        grad=grad,
-        tie_noise=tie_noise,
-        generator=generator,
-    )[0]
-
-
-def _group_map(
-    x: ArrayLike,
-    num_groups: int,
-    target: Target = "gaussian",
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    *,
-    knots: torch.Tensor | None = None,
-    blend: float = 1.0,
-    grad: str = "ecdf",
-    tie_noise: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`group_map`, and each (sample, group) row sorted when the rank map ran without tie noise
-    (shape (N * num_groups, M); None otherwise), for running quantiles without a second sort."""
     t = as_tensor(x, name="x", finite=False)
     if t.ndim < 2:
         raise ValueError(f"x must have shape (N, C, *); got {tuple(t.shape)}")
-    n, c = t.shape[:2]
+    c = t.shape[1]
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"num_groups must be a positive int; got {num_groups!r}")
     if c % num_groups:
@@ -277,6 +248,25 @@ def _group_map(
     _check_target(target)
     _check_choice(grad, "grad", GRAD_NAMES)
     _check_noise(tie_noise, generator)
+    return _group_map(t, num_groups, target, weight, bias, knots, blend, grad, tie_noise, generator)[0]
+
+
+def _group_map(
+    t: torch.Tensor,
+    num_groups: int,
+    target: Target,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    knots: torch.Tensor | None,
+    blend: float,
+    grad: str,
+    tie_noise: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`group_map` on checked arguments (the layers check theirs once, at construction), and each
+    (sample, group) row sorted when the rank map ran without tie noise (shape (N * num_groups, M); None
+    otherwise), for running quantiles without a second sort."""
+    n, c = t.shape[:2]
     work = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     grouped = work.reshape(n, num_groups, -1)
     sorted_rows = None

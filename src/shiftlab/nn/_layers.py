@@ -118,17 +118,13 @@ class _QuantileMap(nn.Module):
         self, x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None
     ) -> torch.Tensor:
         tracking = self.running_knots is not None and self.num_batches_tracked is not None
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} needs a floating-point input; got {x.dtype}")
+        knots = self.running_knots if tracking and not self.training else None
+        noise = self.eps if self.training else 0.0
+        target = self._target()
         y, sorted_rows = _group_map(
-            x,
-            groups,
-            self._target(),
-            weight,
-            bias,
-            knots=self.running_knots if tracking and not self.training else None,
-            blend=self.blend,
-            grad=self.grad,
-            tie_noise=self.eps if self.training else 0.0,
-            generator=self.generator,
+            x, groups, target, weight, bias, knots, self.blend, self.grad, noise, self.generator
         )
         if tracking and self.training:
             assert self.running_knots is not None and self.num_batches_tracked is not None
