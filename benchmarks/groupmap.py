@@ -130,6 +130,11 @@ def main() -> None:
     parser.add_argument(
         "--track-running-stats", action="store_true", help="maps with running knots (training-mode update)"
     )
+    parser.add_argument(
+        "--eval",
+        action="store_true",
+        help="maps in eval mode through running knots (one training pass first)",
+    )
     parser.add_argument("--max-in-registers", type=int, help="override MAX_IN_REGISTERS (tuning)")
     args = parser.parse_args()
     if args.max_in_registers is not None:
@@ -148,7 +153,7 @@ def main() -> None:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
             rows = {"group": n * 32, "instance": n * c, "layer": n}
             for grad in args.grad:
-                track = args.track_running_stats
+                track = args.track_running_stats or args.eval
                 pairs = {
                     "group": (GroupMap(32, c, grad=grad, track_running_stats=track), nn.GroupNorm(32, c)),
                     "instance": (InstanceMap(c, grad=grad, track_running_stats=track), nn.InstanceNorm2d(c)),
@@ -159,6 +164,9 @@ def main() -> None:
                 }
                 for kind in args.layers:
                     cand, anchor = (m.to(device) for m in pairs[kind])
+                    if args.eval:
+                        cand(x)
+                        cand.eval()
                     for path in _paths(device, grad):
                         _rank_map_triton.ENABLED = path == "fused"
                         r = _pair(cand, anchor, x, args.repeats)
@@ -167,7 +175,7 @@ def main() -> None:
                         if device.type == "cuda":
                             g = torch.randn_like(x)
                             kernel = f"{_kernel_us(cand, x, g) / _kernel_us(anchor, x, g):.1f}"
-                        label = f"{type(cand).__name__}[{grad},{path}]"
+                        label = f"{type(cand).__name__}[{grad},{path}{',eval' if args.eval else ''}]"
                         print(
                             f"{device.type:<6} {shape_name + str(shape):<18} {label:<28} "
                             f"{r['fwd_ms']:>8.2f} {r['fwd_anchor_ms']:>8.2f} "

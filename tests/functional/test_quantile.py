@@ -230,6 +230,36 @@ def test_interp_map_tied_knots_give_the_mean_of_both_limits() -> None:
     assert interp_map(torch.tensor([[0.5, 1.5]]), kx, ky).tolist() == [[0.5, 3.5]]
 
 
+def _interp_reference(v: float, kx: np.ndarray, ky: np.ndarray) -> float:
+    """Mean of the one-sided limits, element by element, from the definition in interp_map's docstring."""
+    k = len(kx)
+
+    def on_segment(s: int) -> float:
+        if s in (0, k):
+            end = 0 if s == 0 else k - 1
+            other = [j for j in range(k) if kx[j] != kx[end]]
+            j = (other[0] if s == 0 else other[-1]) if other else end
+            slope = (ky[j] - ky[end]) / (kx[j] - kx[end]) if other else 0.0
+            return float(ky[end] + (v - kx[end]) * slope)
+        dx = kx[s] - kx[s - 1]
+        slope = (ky[s] - ky[s - 1]) / dx if dx != 0 else 0.0
+        return float(ky[s - 1] + (v - kx[s - 1]) * slope)
+
+    left, right = int(np.searchsorted(kx, v, "left")), int(np.searchsorted(kx, v, "right"))
+    return 0.5 * (on_segment(left) + on_segment(right))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_interp_map_equals_the_limit_definition_with_tied_knots(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kx = np.sort(np.round(rng.normal(size=(3, 9)), 1), axis=-1)  # rounding ties knots, ends included
+    ky = np.sort(rng.normal(size=(3, 9)), axis=-1)
+    x = np.concatenate([rng.normal(scale=2.0, size=(3, 40)), kx, kx[:, :3] - 5, kx[:, -3:] + 5], axis=-1)
+    got = interp_map(torch.from_numpy(x), torch.from_numpy(kx), torch.from_numpy(ky)).numpy()
+    want = np.array([[_interp_reference(v, kx[r], ky[r]) for v in x[r]] for r in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_interp_map_gradcheck() -> None:
     kx = torch.tensor([[-1.0, 0.0, 0.7, 2.0]], dtype=torch.float64, requires_grad=True)
     ky = torch.tensor([[-2.0, 0.1, 0.5, 3.0]], dtype=torch.float64, requires_grad=True)

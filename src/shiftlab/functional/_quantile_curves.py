@@ -185,34 +185,34 @@ def interp_map(x: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) ->
             f"x {tuple(x.shape)}, knots_x {tuple(knots_x.shape)}, knots_y {tuple(knots_y.shape)}"
         )
     k = knots_x.shape[-1]
-    kx = knots_x.contiguous()
+    kx, ky = knots_x.contiguous(), knots_y
     xc = x.contiguous()
 
     def end_slope(end: int, inner: torch.Tensor) -> torch.Tensor:
         j = inner.clamp(0, k - 1)
         dx = kx[..., end : end + 1] - kx.gather(-1, j)
-        dy = knots_y[..., end : end + 1] - knots_y.gather(-1, j)
+        dy = ky[..., end : end + 1] - ky.gather(-1, j)
         ok = (dx != 0) & (inner >= 0) & (inner <= k - 1)
         return torch.where(ok, dy / torch.where(ok, dx, torch.ones_like(dx)), torch.zeros_like(dx))
 
     last_inner = torch.searchsorted(kx, kx[..., -1:].contiguous(), right=False) - 1
     first_inner = torch.searchsorted(kx, kx[..., :1].contiguous(), right=True)
-    slope_left, slope_right = end_slope(0, first_inner), end_slope(k - 1, last_inner)
+    dx, dy = kx[..., 1:] - kx[..., :-1], ky[..., 1:] - ky[..., :-1]
+    inner = torch.where(dx != 0, dy / torch.where(dx != 0, dx, torch.ones_like(dx)), torch.zeros_like(dx))
+    # segment s (0..K) holds the values with s knots at or below them (right limit) or strictly below them
+    # (left limit): s = 0 extends below knot 0, s = K above knot K-1, otherwise [knot s-1, knot s]
+    slope = torch.cat([end_slope(0, first_inner), inner, end_slope(k - 1, last_inner)], -1)
+    anchor_x, anchor_y = torch.cat([kx[..., :1], kx], -1), torch.cat([ky[..., :1], ky], -1)
 
-    def limit(right: bool) -> torch.Tensor:
-        i = torch.searchsorted(kx, xc, right=right)
-        # right limit: j is the last knot <= x; left limit: j is the first knot >= x
-        j = (i - 1) if right else i
-        inside = (i > 0) & (i < k)
-        j0 = j.clamp(0, k - 1)
-        j1 = (j0 + (1 if right else -1)).clamp(0, k - 1)
-        x0, y0 = kx.gather(-1, j0), knots_y.gather(-1, j0)
-        x1, y1 = kx.gather(-1, j1), knots_y.gather(-1, j1)
-        dx = x1 - x0
-        seg = torch.where(dx != 0, (y1 - y0) / torch.where(dx != 0, dx, torch.ones_like(dx)), 0 * dx)
-        body = y0 + (xc - x0) * seg
-        below = knots_y[..., :1] + (xc - kx[..., :1]) * slope_left
-        above = knots_y[..., -1:] + (xc - kx[..., -1:]) * slope_right
-        return torch.where(inside, body, torch.where(i == 0, below, above))
+    def on_segment(s: torch.Tensor) -> torch.Tensor:
+        return anchor_y.gather(-1, s) + (xc - anchor_x.gather(-1, s)) * slope.gather(-1, s)
 
-    return 0.5 * (limit(right=False) + limit(right=True))
+    right = torch.searchsorted(kx, xc, right=True)
+    y = on_segment(right)
+    # only a value equal to a knot has a different left limit: the segment below the first equal knot
+    hit = (right > 0) & (xc == kx.gather(-1, (right - 1).clamp(min=0)))
+    if bool(hit.any()):
+        first_equal = torch.searchsorted(kx, kx, right=False)
+        left = torch.where(hit, first_equal.gather(-1, (right - 1).clamp(min=0)), right)
+        y = torch.where(hit, 0.5 * (on_segment(left) + y), y)
+    return y

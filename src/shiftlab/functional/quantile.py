@@ -280,8 +280,9 @@ def _group_map(
         if not bool(torch.isfinite(grouped).all()):
             raise ValueError("x contains non-finite values (NaN or inf); clean or impute them first")
         ky = target_quantiles(target, knot_levels(knots.shape[1])).to(grouped)
-        kx = knots.to(grouped).unsqueeze(0).expand(n, -1, -1)
-        mapped = interp_map(grouped, kx, ky.expand(n, num_groups, -1))
+        rows = grouped.transpose(0, 1).reshape(num_groups, -1)  # (G, N*M): the knots are per group
+        mapped = interp_map(rows, knots.to(grouped), ky.expand(num_groups, -1))
+        mapped = mapped.reshape(num_groups, n, -1).transpose(0, 1)
     if blend < 1.0:
         normed = tnf.group_norm(work, num_groups, eps=NORM_EPS).reshape(n, num_groups, -1)
         mapped = blend * mapped + (1.0 - blend) * normed
