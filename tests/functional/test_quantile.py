@@ -98,6 +98,16 @@ def test_threaded_argsort_equals_one_thread() -> None:
     assert torch.equal(got, torch.sort(x, dim=-1, stable=True).indices)
 
 
+def test_cached_tables_built_under_inference_mode_can_be_saved_for_backward() -> None:
+    quantile._named_tables.cache_clear()
+    x = torch.randn(4, 37)
+    with torch.inference_mode():
+        quantile_map(x, grad="ste")
+    table, slope = quantile._named_tables("gaussian", 37, "ste", x.device, x.dtype)
+    assert slope is not None and not table.is_inference() and not slope.is_inference()
+    assert not table.requires_grad and not slope.requires_grad
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_is_rejected(bad: float) -> None:
     x = torch.randn(2, 4, 3)

@@ -142,7 +142,7 @@ def _map_rows(
         assert generator is not None
         noise = torch.randn(rows.shape, generator=generator, device=generator.device, dtype=rows.dtype)
         rows = rows + tie_noise * noise.to(rows.device)
-    if isinstance(target, str):
+    if isinstance(target, str) and m <= CACHED_TABLE_MAX_M:
         table, slope_table = _named_tables(target, m, grad, rows.device, rows.dtype)
     else:
         table, slope_table = _rank_tables(target, m, grad, rows.device, rows.dtype)
@@ -167,9 +167,19 @@ def _rank_tables(
     return table.to(device=device, dtype=dtype), slope_table
 
 
-#: Tables of the named targets, kept per (name, m, grad, device, dtype): building them costs host work
-#: and, on a GPU, two host-to-device copies per call.
-_named_tables = functools.lru_cache(maxsize=64)(_rank_tables)
+#: Tables of the named targets, kept per (name, m, grad, device, dtype) for rows of up to
+#: ``CACHED_TABLE_MAX_M`` values (at most 64 entries of 2 x 2m floats: 64 MiB): building them costs host
+#: work and, on a GPU, two host-to-device copies per call, which matter only next to a short sort.
+CACHED_TABLE_MAX_M = 1 << 16
+
+
+@functools.lru_cache(maxsize=64)
+def _named_tables(
+    target: str, m: int, grad: str, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # normal tensors even when first built under inference_mode: later training steps save them for backward
+    with torch.inference_mode(False), torch.no_grad():
+        return _rank_tables(target, m, grad, device, dtype)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
