@@ -45,6 +45,19 @@ def test_evaluate_json_report_and_gate(tmp_path) -> None:
     assert gated.exit_code == EXIT_CODES[payload["verdict"]["verdict"]]
 
 
+def test_evaluate_metric_and_margin(tmp_path) -> None:
+    xs, ys, xt, yt = _write(tmp_path)
+    args = ["pmh", "evaluate", "--source", xs, "--source-labels", ys, "--target", xt, "--target-labels", yt]
+    result = runner.invoke(app, [*args, "--rank", "1", "--json", "--metric", "neg_brier", "--margin", "0.02"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["metric"] == "neg_brier" and set(payload["deploy_metric"]) == set(
+        payload["deploy_accuracy"]
+    )
+    bad = runner.invoke(app, [*args, "--metric", "f1"])
+    assert bad.exit_code == 2 and "unknown metric" in bad.output
+
+
 def test_evaluate_rejects_bad_files(tmp_path) -> None:
     xs, ys, xt, yt = _write(tmp_path)
     missing = runner.invoke(

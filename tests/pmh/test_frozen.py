@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from shiftlab.pmh._frozen import FrozenConfig, evaluate_frozen
+from shiftlab.pmh._deploy_metric import METRICS, DeployMetric
+from shiftlab.pmh._frozen import FrozenConfig, _fit, _metric_scores, evaluate_frozen
 from shiftlab.pmh._verdict import VerdictConfig
 
 
@@ -61,3 +62,49 @@ def test_bad_input() -> None:
         FrozenConfig(pool_fraction=0.7, val_fraction=0.3)
     with pytest.raises(ValueError, match="subspace"):
         evaluate_frozen(xs, ys, xt, yt, kind="subspace", config=FrozenConfig(use_target_labels=False))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_metric_scores_are_the_heads_probabilities(n_classes: int) -> None:
+    # oracle: scikit-learn's own predict_proba, with labels that are not 0..C-1
+    rng = np.random.default_rng(3)
+    y = 5 + 2 * rng.integers(0, n_classes, 300)
+    x = rng.normal(size=(300, 3)) + (y[:, None] - 5) / 2
+    head = _fit(x, y, 1.0)
+    proba = head.predict_proba(x)
+    col = np.searchsorted(head.classes_, y)
+    want_log = np.log(proba[np.arange(300), col])
+    np.testing.assert_allclose(_metric_scores(head, x, y, METRICS["neg_log_loss"]), want_log, rtol=1e-10)
+    want_brier = -((proba - np.eye(n_classes)[col]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(_metric_scores(head, x, y, METRICS["neg_brier"]), want_brier, rtol=1e-10)
+    assert np.array_equal(_metric_scores(head, x, y, METRICS["accuracy"]), head.predict(x) == y)
+
+
+def test_metric_decides_the_frozen_verdict() -> None:
+    xs, ys, xt, yt = _planted()
+    ys, yt = ys * 3 + 1, yt * 3 + 1  # labels 1, 4, 7: the logit columns must follow head.classes_
+    config = FrozenConfig(rank=1, strengths=(1.0, 100.0))
+    loose = VerdictConfig(source_tolerance=0.05)
+    default = evaluate_frozen(xs, ys, xt, yt, config=config, verdict_config=loose)
+    # accuracy through the logits path (a user metric) gives the same scores, λ and verdict
+    same = DeployMetric("argmax", lambda z, y: (z.argmax(1) == y).double())
+    via_logits = evaluate_frozen(xs, ys, xt, yt, config=config, verdict_config=loose, metric=same)
+    assert via_logits.deploy_metric == default.deploy_accuracy
+    assert via_logits.chosen_strength == default.chosen_strength
+    assert via_logits.verdict.verdict == default.verdict.verdict == "SHIP"
+    nll = evaluate_frozen(xs, ys, xt, yt, config=config, verdict_config=loose, metric="neg_log_loss")
+    assert nll.metric == "neg_log_loss" and nll.deploy_accuracy == default.deploy_accuracy
+    mean = {arm: np.mean(v) for arm, v in nll.deploy_metric.items()}
+    assert all(v < 0 for v in mean.values()) and mean["matched"] > mean["baseline"]
+    assert "deploy neg_log_loss" in nll.tables()[0].columns
+
+
+def test_probability_metrics_need_every_deploy_class_in_the_source() -> None:
+    xs, ys, xt, yt = _planted()
+    yt = yt.copy()
+    yt[:20] = 9
+    evaluate_frozen(
+        xs, ys, xt, yt, config=FrozenConfig(rank=1, strengths=(1.0,), seeds=(0,))
+    )  # accuracy: fine
+    with pytest.raises(ValueError, match=r"missing: \[9\]"):
+        evaluate_frozen(xs, ys, xt, yt, metric="neg_log_loss")

@@ -55,12 +55,30 @@ def evaluate(
     report: Annotated[Path | None, typer.Option(help="Write report.json and report.html here")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     gate: Annotated[bool, typer.Option("--gate", help="Exit with the verdict's code (0 SHIP, 3, 4)")] = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="Deploy metric for λ and the verdict: accuracy, balanced_accuracy, neg_log_loss, neg_brier."
+        ),
+    ] = "accuracy",
+    margin: Annotated[
+        float,
+        typer.Option(help="Smallest deploy gain over baseline worth shipping, in the metric's units."),
+    ] = 0.01,
 ) -> None:
     """Frozen features through PMHMatcher and a linear head: all arms, crossed-bootstrap CIs, the verdict."""
+    from shiftlab.pmh._deploy_metric import METRICS
     from shiftlab.pmh._frozen import FrozenConfig, evaluate_frozen
+    from shiftlab.pmh._verdict import VerdictConfig
 
     if seeds < 1:
         raise typer.BadParameter("needs at least one seed", param_hint="--seeds")
+    if metric not in METRICS:
+        raise typer.BadParameter(f"unknown metric; choose from {', '.join(METRICS)}", param_hint="--metric")
+    try:
+        verdict_config = VerdictConfig(margin=margin)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--margin") from err
     arrays = {
         name: _load_npy(path, name)
         for name, path in (
@@ -79,6 +97,8 @@ def evaluate(
             arrays["--target-labels"],
             kind=kind,
             config=config,
+            verdict_config=verdict_config,
+            metric=metric,
         )
     except (ValueError, TypeError) as err:
         typer.echo(f"error: {err}", err=True)

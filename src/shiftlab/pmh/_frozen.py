@@ -10,8 +10,10 @@ source features:
 * reference arms: ``target_rows`` (source plus the labelled pool rows, when Σ used target labels) and
   ``coral`` (source features re-coloured to the target pool's second moments, label-free).
 
-λ is chosen per arm and seed on the target validation split (never the holdout). Features are used as
-given, so put them on a common scale first (the head's L2 penalty and Σ both depend on it).
+λ is chosen per arm and seed on the target validation split (never the holdout), by the deploy metric
+(accuracy unless ``metric`` names another :class:`DeployMetric`, scored on the head's logits); the metric
+also decides the verdict, and accuracy is recorded beside it. Features are used as given, so put them on a
+common scale first (the head's L2 penalty and Σ both depend on it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from shiftlab.pmh._controls import control_estimate
+from shiftlab.pmh._deploy_metric import METRICS, DeployMetric, resolve_metric
 from shiftlab.pmh._estimators import estimate_nuisance
 from shiftlab.pmh._matcher import PMHMatcher
 from shiftlab.pmh._verdict import ShipVerdict, VerdictConfig, ship_verdict
@@ -94,6 +97,8 @@ class FrozenReport(Report):
     split_hashes: tuple[Mapping[str, str], ...]
     estimator: str
     rank: int
+    metric: str = "accuracy"
+    deploy_metric: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
     def headline(self) -> str:
         return self.verdict.headline()
@@ -101,26 +106,34 @@ class FrozenReport(Report):
     def fields(self) -> Mapping[str, Any]:
         return {
             "verdict": self.verdict.verdict,
+            "deploy metric": self.metric,
             "estimator": self.estimator,
             "rank": self.rank,
             **self.split_sizes,
         }
 
     def tables(self) -> Sequence[Table]:
+        extra = bool(self.deploy_metric)
         rows = tuple(
             (
                 arm,
                 float(np.mean(acc)),
                 float(np.std(acc)),
+                *((float(np.mean(self.deploy_metric[arm])),) if extra else ()),
                 float(np.mean(self.source_val_accuracy[arm])),
                 ", ".join(f"{s:g}" for s in self.chosen_strength.get(arm, ())) or "-",
             )
             for arm, acc in self.deploy_accuracy.items()
         )
-        arms = Table(
-            "Arms (frozen features, logistic head)", ("arm", "deploy acc", "sd", "source val", "λ"), rows
+        columns = (
+            "arm",
+            "deploy acc",
+            "sd",
+            *((f"deploy {self.metric}",) if extra else ()),
+            "source val",
+            "λ",
         )
-        return (arms, *self.verdict.tables())
+        return (Table("Arms (frozen features, logistic head)", columns, rows), *self.verdict.tables())
 
 
 def _hash(indices: np.ndarray) -> str:
@@ -139,15 +152,23 @@ def _stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def _fit_predict(
-    train_x: np.ndarray, train_y: np.ndarray, tests: Sequence[np.ndarray], c: float
-) -> list[np.ndarray]:
+def _fit(train_x: np.ndarray, train_y: np.ndarray, c: float) -> Any:
     """Multinomial logistic regression on the features as given (no re-scaling: a per-coordinate scaler
     would partly undo the (I + λΣ)^(-1/2) map and entirely undo the isotropic one)."""
     from sklearn.linear_model import LogisticRegression
 
-    head = LogisticRegression(C=c, max_iter=5000).fit(train_x, train_y)
-    return [head.predict(t) for t in tests]
+    return LogisticRegression(C=c, max_iter=5000).fit(train_x, train_y)
+
+
+def _metric_scores(head: Any, x: np.ndarray, y: np.ndarray, metric: DeployMetric) -> np.ndarray:
+    """Per-example deploy scores of the head on (x, y): its logits (the decision function; for two
+    classes the log-odds z gives logits (0, z)) and the labels as column indices of ``head.classes_``."""
+    z = head.decision_function(x)
+    if z.ndim == 1:
+        z = np.stack([np.zeros_like(z), z], axis=1)
+    columns = np.searchsorted(head.classes_, y)
+    logits = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64))
+    return metric.score(logits, torch.from_numpy(columns.astype(np.int64))).numpy()
 
 
 def _coral(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -171,6 +192,7 @@ def evaluate_frozen(
     kind: str = "domain",
     config: FrozenConfig = FrozenConfig(),
     verdict_config: VerdictConfig | None = None,
+    metric: str | DeployMetric = "accuracy",
 ) -> FrozenReport:
     """Run the PMH arms on frozen features and decide SHIP / DO NOT SHIP / INCONCLUSIVE.
 
@@ -183,6 +205,10 @@ def evaluate_frozen(
         pool's labels is ``config.use_target_labels``).
     kind
         ``"domain"`` or ``"subspace"`` (the latter always uses labels).
+    metric
+        Deploy metric for λ selection and the verdict (a name in ``METRICS`` or a :class:`DeployMetric`);
+        any metric but accuracy needs every deploy class among the source labels (it scores the head's
+        probabilities of the true class).
 
     Examples
     --------
@@ -212,9 +238,18 @@ def evaluate_frozen(
     shared = np.intersect1d(np.unique(ys), np.unique(yt))
     if shared.size < 2:
         raise ValueError(f"source and target share {shared.size} class(es); the evaluation needs at least 2")
+    deploy_metric = resolve_metric(metric)
+    by_accuracy = deploy_metric is METRICS["accuracy"]
+    missing = np.setdiff1d(np.unique(yt), np.unique(ys))
+    if not by_accuracy and missing.size:
+        raise ValueError(
+            f"the deploy metric {deploy_metric.name!r} scores the head's probability of the true class, so "
+            f"every deploy class must occur in the source labels; missing: {missing.tolist()}"
+        )
 
     arms = ("baseline", *PENALTY_ARMS, "coral") + (("target_rows",) if config.use_target_labels else ())
     correct: dict[str, list[np.ndarray]] = {a: [] for a in arms}
+    scored: dict[str, list[np.ndarray]] = {a: [] for a in arms}
     source_acc: dict[str, list[float]] = {a: [] for a in arms}
     chosen: dict[str, list[float]] = {a: [] for a in PENALTY_ARMS}
     hashes: list[dict[str, str]] = []
@@ -257,12 +292,14 @@ def evaluate_frozen(
             arm: str,
             train_x: np.ndarray,
             train_y: np.ndarray,
-            mapped: tuple[np.ndarray, ...],
+            mapped: tuple[np.ndarray, np.ndarray],
             truth: tuple[np.ndarray, np.ndarray] = (yt_hold, ys_sval),
         ) -> None:
-            pred_hold, pred_sval = _fit_predict(train_x, train_y, mapped, config.c)
-            correct[arm].append((pred_hold == truth[0]).astype(np.float64))
-            source_acc[arm].append(float((pred_sval == truth[1]).mean()))
+            head = _fit(train_x, train_y, config.c)
+            correct[arm].append((head.predict(mapped[0]) == truth[0]).astype(np.float64))
+            source_acc[arm].append(float((head.predict(mapped[1]) == truth[1]).mean()))
+            if not by_accuracy:
+                scored[arm].append(_metric_scores(head, mapped[0], truth[0], deploy_metric))
 
         score("baseline", xs[s_train], ys[s_train], (xt[hold], xs[s_val]))
         for arm in PENALTY_ARMS:
@@ -270,12 +307,15 @@ def evaluate_frozen(
             best: tuple[float, float] | None = None
             for lam in config.strengths:
                 matcher = PMHMatcher(nuisance=sigma, strength=lam).fit(xs[s_train])
-                (pred_val,) = _fit_predict(
-                    matcher.transform(xs[s_train]), ys[s_train], (matcher.transform(xt[val]),), config.c
+                head = _fit(matcher.transform(xs[s_train]), ys[s_train], config.c)
+                mapped_val = matcher.transform(xt[val])
+                value = float(
+                    (head.predict(mapped_val) == yt[val]).mean()
+                    if by_accuracy
+                    else _metric_scores(head, mapped_val, yt[val], deploy_metric).mean()
                 )
-                acc = float((pred_val == yt[val]).mean())
-                if best is None or acc > best[0]:
-                    best = (acc, lam)
+                if best is None or value > best[0]:
+                    best = (value, lam)
             assert best is not None
             chosen[arm].append(best[1])
             matcher = PMHMatcher(nuisance=sigma, strength=best[1]).fit(xs[s_train])
@@ -293,9 +333,9 @@ def evaluate_frozen(
             labels = np.concatenate([ys[s_train], np.repeat(yt[pool], max(1, s_train.size // pool.size))])
             score("target_rows", rows, labels, (xt[hold], xs[s_val]))
 
-    deploy = {a: torch.from_numpy(np.stack(correct[a])) for a in arms}
+    deploy = {a: torch.from_numpy(np.stack(correct[a] if by_accuracy else scored[a])) for a in arms}
     source_val = {a: torch.tensor(source_acc[a], dtype=torch.float64) for a in arms}
-    verdict = ship_verdict(deploy, source_val, verdict_config or VerdictConfig())
+    verdict = ship_verdict(deploy, source_val, verdict_config or VerdictConfig(), metric=deploy_metric.name)
     return FrozenReport(
         verdict=verdict,
         deploy_accuracy={a: tuple(float(c.mean()) for c in correct[a]) for a in arms},
@@ -305,4 +345,6 @@ def evaluate_frozen(
         split_hashes=tuple(hashes),
         estimator=kind + ("" if config.use_target_labels else " (label-free)"),
         rank=rank,
+        metric=deploy_metric.name,
+        deploy_metric={} if by_accuracy else {a: tuple(float(v.mean()) for v in scored[a]) for a in arms},
     )
