@@ -75,13 +75,18 @@ def estimation_cases() -> dict[str, tuple[str, dict[str, Any]]]:
         "style": ("style", {"content": content, "styled": styled, "labels": ys[:60], "rank": 2}),
         "temporal": ("temporal", {"sequences": list(seqs), "lag": 2}),
         "compositional": ("compositional", {"x": xs, "coordinates": [0, 2, 3], "labels": ys, "rank": 2}),
+        # PGD without random start: each row's displacement depends on that row only, so shards add up
+        "adversarial": (
+            "adversarial",
+            {"model": net, "x": xs, "y": ys, "epsilon": 1.0, "norm": "l2", "random_start": False, "rank": 2},
+        ),
     }
 
 
 def shard(kwargs: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
     """Contiguous row blocks of every data argument (whole sequences for ``sequences``)."""
     data = {"source", "source_labels", "target", "target_labels", "repeats", "x", "labels", "content"}
-    data |= {"styled", "sequences"}
+    data |= {"styled", "sequences", "y"}
     out = {}
     for key, value in kwargs.items():
         if key in data:

@@ -76,7 +76,16 @@ def test_every_sum_estimator_is_covered() -> None:
     assert (
         set(STATISTICS)
         == set(STATISTICS_KINDS)
-        == {"subspace", "isotropic", "augmentation", "domain", "compositional", "temporal", "style"}
+        == {
+            "subspace",
+            "isotropic",
+            "augmentation",
+            "domain",
+            "compositional",
+            "temporal",
+            "style",
+            "adversarial",
+        }
     )
     assert {kind for kind, _ in worker.estimation_cases().values()} == set(STATISTICS_KINDS)
 
@@ -157,8 +166,8 @@ def test_statistics_add_across_shards_in_one_process() -> None:
 def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="not initialised"):
         distributed.estimate_nuisance_distributed("style", content=torch.zeros(2, 2), styled=torch.ones(2, 2))
-    with pytest.raises(ValueError, match="adversarial"):
-        nuisance_statistics("adversarial", model=None, x=None, y=None, epsilon=0.1)
+    with pytest.raises(TypeError, match="model"):
+        nuisance_statistics("adversarial", model=None, x=torch.zeros(2, 2), y=[0, 1], epsilon=0.1)
     with pytest.raises(ValueError, match="sigma"):
         nuisance_statistics("isotropic", sigma=0.5, dim=3)
     with pytest.raises(ValueError, match="class indices >= 0"):

@@ -20,8 +20,8 @@ How: each rank computes sums over its rows (:func:`nuisance_statistics`: counts,
 (:func:`all_reduce_statistics`), and every rank turns the totals into the same estimate
 (:func:`estimate_from_statistics`, which ends in the single-process estimators' own last step).
 Covered: ``subspace`` (D1), ``isotropic`` from repeats (D2), ``augmentation`` (D3), ``domain`` (D4,
-labelled, pseudo-labelled and moments), ``compositional`` (D5), ``temporal`` (D6), ``style`` (D7).
-Not covered: ``adversarial`` (PGD on each rank's model: run :func:`shiftlab.pmh.adversarial` per rank).
+labelled, pseudo-labelled and moments), ``compositional`` (D5), ``temporal`` (D6), ``style`` and
+``adversarial`` (D7; each rank attacks its rows with its own, identical copy of the model).
 The class-aligned statistics hold :math:`2 K d^2` doubles (K classes): at the input of 28×28 images
 with 10 classes, 98 MB per rank.
 

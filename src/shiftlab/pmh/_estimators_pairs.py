@@ -302,6 +302,57 @@ def adversarial(
     >>> est.estimator, est.shape
     ('adversarial', (4,))
     """
+    deltas, feats, ys, shape = adversarial_deltas(
+        model,
+        x,
+        y,
+        epsilon=epsilon,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        seed=seed,
+        valid_range=valid_range,
+        site=site,
+        batch_size=batch_size,
+        rank=rank,
+        floor=floor,
+    )
+    n = deltas.shape[0]
+    return _from_deltas(
+        deltas,
+        n_data=n,
+        estimator="adversarial",
+        site=site,
+        shape=shape,
+        counts={"n_samples": n, "steps": steps},
+        rank=rank,
+        floor=floor,
+        signal=signal_basis(feats.double().cpu(), ys.cpu()),
+        dtype=result_dtype(feats),
+    )
+
+
+def adversarial_deltas(
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    *,
+    epsilon: float,
+    norm: Literal["linf", "l2"] = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    valid_range: tuple[float, float] | None = None,
+    site: str = "input",
+    batch_size: int = 256,
+    rank: int | None = None,
+    floor: Floor = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """The checked PGD displacements of :func:`adversarial` at ``site``: (deltas, clean features, labels,
+    feature shape). Each row's δ depends only on that row (the L2 step is normalised per example), so
+    shards of the rows give the rows of the whole."""
     check_model(model)
     xs = check_samples(x, "x")
     ys = check_labels(y, xs.shape[0], "y")
@@ -344,17 +395,4 @@ def adversarial(
         base, _ = site_features(xb, copy, site)
         deltas.append(moved - base)
         bases.append(base)
-    n = xs.shape[0]
-    feats = torch.cat(bases)
-    return _from_deltas(
-        torch.cat(deltas),
-        n_data=n,
-        estimator="adversarial",
-        site=site,
-        shape=shape,
-        counts={"n_samples": n, "steps": steps},
-        rank=rank,
-        floor=floor,
-        signal=signal_basis(feats.double().cpu(), ys.cpu()),
-        dtype=result_dtype(feats),
-    )
+    return torch.cat(deltas), torch.cat(bases), ys, shape

@@ -320,6 +320,8 @@ def _deltas(stats: NuisanceStatistics) -> NuisanceEstimate:
         }
     elif stats.kind == "style":
         counts = {"n_pairs": n}
+    elif stats.kind == "adversarial":
+        counts = {"n_samples": n, "steps": stats.fixed["steps"]}
     else:
         counts = {"n_sequences": stats.counts["n_sequences"], "n_differences": n}
     signal = _signal(stats.moments.get("base"), required=True)
@@ -348,6 +350,7 @@ _FINAL: dict[str, Callable[[NuisanceStatistics], NuisanceEstimate]] = {
     "compositional": _compositional,
     "temporal": _deltas,
     "style": _deltas,
+    "adversarial": _deltas,
 }
 
 
@@ -362,7 +365,8 @@ def estimate_from_statistics(stats: NuisanceStatistics) -> NuisanceEstimate:
     - ``domain``: :math:`\sum_c \pi_c [\Delta\mu_c\Delta\mu_c^\top + (C_{t,c} - C_{s,c})_+]` (unbiased;
       one marginal group in the moment fallback);
     - ``isotropic``: :math:`\hat\sigma^2 = \operatorname{tr} W / (n (R-1) d)` from the within-item scatter W;
-    - ``augmentation``, ``style``, ``temporal``: :math:`\frac1N \sum_i \delta_i\delta_i^\top` (uncentred);
+    - ``augmentation``, ``style``, ``temporal``, ``adversarial``: :math:`\frac1N \sum_i \delta_i\delta_i^\top`
+      (uncentred);
     - ``compositional``: the unbiased covariance of the coordinate-masked features.
 
     The (d, d) result goes through the same final step as the single-process estimators

@@ -10,6 +10,7 @@ few rows or few classes. Class labels must be class indices >= 0 here (they inde
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from shiftlab.pmh._estimators_moments import (
 )
 from shiftlab.pmh._estimators_pairs import (
     Augmentation,
+    adversarial_deltas,
     augmentation_deltas,
     check_augmentations,
     check_style_pairs,
@@ -229,6 +231,31 @@ def style_statistics(
     )
 
 
+def adversarial_statistics(model: nn.Module, x: Any, y: Any, **options: Any) -> NuisanceStatistics:
+    """The moment of PGD displacements for D7 (see :func:`~shiftlab.pmh.adversarial`, whose keywords
+    ``options`` takes). Every rank attacks its own rows with its own copy of the model, so the models must be
+    identical; with ``random_start`` each rank draws its starts from ``seed`` (pass a per-rank seed, or
+    ``random_start=False`` for a result independent of the sharding)."""
+    deltas, feats, ys, shape = adversarial_deltas(model, x, y, **options)
+    rank, floor = options.get("rank"), options.get("floor", 0.0)
+    return NuisanceStatistics(
+        kind="adversarial",
+        site=options.get("site", "input"),
+        shape=shape,
+        moments=_with_signal({"deltas": Moments.of(deltas.double())}, feats, ys.cpu(), "y"),
+        counts={"n_samples": deltas.shape[0]},
+        fixed={"steps": int(options.get("steps", 10))},
+        options=_options(rank, floor),
+        dtype=result_dtype(feats),
+    )
+
+
+# the keywords are adversarial's: show them to signature checks (pick) and help()
+adversarial_statistics.__signature__ = inspect.signature(adversarial_deltas).replace(  # type: ignore[attr-defined]
+    return_annotation=NuisanceStatistics
+)
+
+
 def temporal_statistics(
     sequences: Any,
     *,
@@ -294,6 +321,7 @@ STATISTICS: dict[str, Callable[..., NuisanceStatistics]] = {
     "compositional": compositional_statistics,
     "temporal": temporal_statistics,
     "style": style_statistics,
+    "adversarial": adversarial_statistics,
 }
 
 
@@ -305,14 +333,15 @@ def nuisance_statistics(kind: str, **kwargs: Any) -> NuisanceStatistics:
     :math:`n_c, \sum x, \sum x x^\top` of source and target features for ``subspace``/``domain``; the
     within-item scatter for ``isotropic``; :math:`N, \sum \delta\delta^\top` of the displacements for
     ``augmentation``, ``style`` and ``temporal``; the masked feature moments for ``compositional``; plus
-    class sums of the features when ``labels`` are given (the signal directions). ``adversarial`` is not
-    covered (run it per rank), nor ``isotropic`` with a known ``sigma`` (no data to sum).
+    class sums of the features when ``labels`` are given (the signal directions); for ``adversarial``, the
+    moment of this shard's PGD displacements and the class sums of its clean features. ``isotropic`` with
+    a known ``sigma`` is not covered (no data to sum).
 
     Parameters
     ----------
     kind
-        ``subspace``, ``isotropic``, ``augmentation``, ``domain``, ``compositional``, ``temporal`` or
-        ``style``.
+        ``subspace``, ``isotropic``, ``augmentation``, ``domain``, ``compositional``, ``temporal``,
+        ``style`` or ``adversarial``.
     **kwargs
         The estimator's keywords, with this shard's rows; class labels must be indices >= 0.
 
@@ -336,9 +365,4 @@ def nuisance_statistics(kind: str, **kwargs: Any) -> NuisanceStatistics:
         )
     if kind == "isotropic":
         kwargs = {k: v for k, v in kwargs.items() if k != "sigma"}
-    if kind == "adversarial":
-        raise ValueError(
-            "adversarial deltas come from PGD on each rank's model: run shiftlab.pmh.adversarial per rank; "
-            f"sufficient statistics cover: {', '.join(STATISTICS)}"
-        )
     return pick(STATISTICS, kind, kwargs, "nuisance_statistics")(**kwargs)
