@@ -61,6 +61,8 @@ def _record(case: str, seed: int, step: LayerStep, accuracy: float) -> dict[str,
         "max_death": None if step.diagram is None else float(step.diagram.deaths.max()),
         "effective_ranks": list(step.effective_ranks),
         "min_rank": step.min_rank,
+        "inactive_fractions": list(step.inactive_fractions),
+        "max_inactive": step.max_inactive,
         "constant_layers": list(step.constant_layers),
         "state": step.state.value,
         "test_accuracy": accuracy,
@@ -157,16 +159,20 @@ def _state(row: dict[str, Any], config: LayerConfig) -> str:
     """The state under ``config`` (recomputed from the saved readings, so thresholds can be compared)."""
     if row["mean_death"] is None:
         return "COLLAPSE"  # a constant (dead) layer
-    return config.state(row["mean_death"], row["min_rank"]).value
+    return config.state(row["mean_death"], row["min_rank"], row.get("max_inactive")).value
 
 
 def summarise(rows: list[dict[str, Any]]) -> None:
     config = LayerConfig()
     print(
-        f"defaults: COLLAPSE if mean death < {config.collapse} or min rank < {config.rank_collapse}; "
-        f"WATCH if mean death < {config.watch} or min rank < {config.rank_watch}"
+        f"defaults: COLLAPSE if mean death < {config.collapse}, min rank < {config.rank_collapse} or "
+        f"dead units >= {config.inactive_collapse}; WATCH if mean death < {config.watch}, min rank < "
+        f"{config.rank_watch} or dead units >= {config.inactive_watch}"
     )
-    header = f"{'mean death: min  median   max':>29}  {'min rank: min  median   max':>27}"
+    header = (
+        f"{'mean death: min  median   max':>29}  {'min rank: min  median   max':>27}  "
+        f"{'dead units: min median max':>26}"
+    )
     print(f"{'case':<30} {'n':>2}  {header}  acc")
     for case in dict.fromkeys(r["case"] for r in rows):
         rs = [r for r in rows if r["case"] == case]
@@ -175,11 +181,13 @@ def summarise(rows: list[dict[str, Any]]) -> None:
         acc = sum(r["test_accuracy"] for r in rs) / len(rs)
         states = dict(Counter(_state(r, config) for r in rs))
         rank = _spread([r["min_rank"] for r in rs])
-        print(f"{case:<30} {len(rs):>2}  {death:>29}  {rank:>27}  {acc:.3f}  {states}")
+        dead = _spread([r["max_inactive"] for r in rs if r.get("max_inactive") is not None] or [float("nan")])
+        print(f"{case:<30} {len(rs):>2}  {death:>29}  {rank:>27}  {dead:>26}  {acc:.3f}  {states}")
     healthy = [r for r in rows if r["case"].startswith("healthy")]
     print(
         f"\nall {len(healthy)} healthy readings: mean death >= {min(r['mean_death'] for r in healthy):.4f}, "
-        f"min rank >= {min(r['min_rank'] for r in healthy):.2f}"
+        f"min rank >= {min(r['min_rank'] for r in healthy):.2f}, "
+        f"dead units <= {max(r['max_inactive'] for r in healthy):.3f}"
     )
 
 

@@ -189,6 +189,8 @@ def _low_rank(layer: nn.Linear, rank: int) -> None:
         ("rank-1 fc1", LayerState.COLLAPSE),
         ("rank-1 fc2", LayerState.COLLAPSE),
         ("rank-3 fc1", LayerState.WATCH),
+        ("90% of ReLUs dead", LayerState.WATCH),
+        ("98% of ReLUs dead", LayerState.COLLAPSE),
         ("all ReLUs dead", LayerState.COLLAPSE),
     ],
 )
@@ -208,8 +210,40 @@ def test_planted_collapses_on_digits_are_flagged(
         layers = ("fc1", "copy1", "copy2")
     elif plant.startswith("rank"):
         _low_rank(_linear(net, plant.split()[1]), int(plant[5]))
+    elif "%" in plant:  # a share of fc1's and fc2's units never fires: bias far below any input
+        share = int(plant.split("%")[0]) / 100
+        gen = torch.Generator().manual_seed(0)
+        for name in ("fc1", "fc2"):
+            layer = _linear(net, name)
+            dead = torch.randperm(layer.out_features, generator=gen)[: round(share * layer.out_features)]
+            with torch.no_grad():
+                layer.bias[dead] = -1e4
     else:
         with torch.no_grad():
             _linear(net, "fc1").bias.fill_(-1e4)
     step = LayerPHMonitor(layers).update(net, digits[2])
-    assert step.state is expected, (step.mean_death, step.min_rank)
+    assert step.state is expected, (step.mean_death, step.min_rank, step.max_inactive)
+
+
+def test_dead_unit_reading_counts_never_positive_features_and_channels() -> None:
+    net = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 4, 3, padding=1),
+            act=nn.ReLU(),
+            flat=nn.Flatten(),
+            fc=nn.Linear(4 * 5 * 5, 5),
+            head=nn.Linear(5, 3),
+        )
+    )
+    with torch.no_grad():
+        net.conv.bias[:3] = -1e4  # channels 0-2 never positive at any position
+        net.fc.bias[:2] = -1e4
+    probe = torch.randn(16, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    step = LayerPHMonitor(["conv", "fc", "head"]).update(net, probe)
+    assert step.inactive_fractions[:2] == (0.75, 0.4)
+    assert step.max_inactive == 0.75 and step.state is LayerState.WATCH
+    config = LayerConfig()
+    assert config.state(0.1, 10.0, 0.2) is LayerState.HEALTHY
+    assert config.state(0.1, 10.0, config.inactive_collapse) is LayerState.COLLAPSE
+    with pytest.raises(ValueError, match="inactive_watch"):
+        LayerConfig(inactive_watch=0.9, inactive_collapse=0.5)

@@ -206,7 +206,8 @@ class LayerMonitorCallback(pl.Callback):
 
     Logged (epoch level, prefix ``prefix``): ``state`` (:data:`LAYER_STATE_CODES`: 0 HEALTHY, 1 WATCH,
     2 COLLAPSE), ``mean_death`` (the mean H0 merge height of the layers under :math:`1 - \\mathrm{CKA}`,
-    absent when a layer is constant over the probe) and ``constant_layers`` (how many are). Under DDP the
+    absent when a layer is constant over the probe), ``min_rank`` and ``max_inactive`` (the rank and
+    dead-unit readings) and ``constant_layers`` (how many are). Under DDP the
     weights are the same on every rank, so the monitor runs on global rank 0 only and logs from there.
 
     Parameters
@@ -264,6 +265,8 @@ class LayerMonitorCallback(pl.Callback):
         }
         if step.mean_death is not None:
             values["mean_death"] = step.mean_death
+        if step.min_rank is not None and step.max_inactive is not None:
+            values["min_rank"], values["max_inactive"] = step.min_rank, step.max_inactive
         for name, value in values.items():
             # rank_zero_only: no collective (sync_dist only silences Lightning's per-epoch sync advice)
             pl_module.log(

@@ -120,7 +120,7 @@ class LayerState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class LayerConfig:
-    r"""Thresholds of :class:`LayerPHMonitor`: two readings, each calibrated on real data.
+    r"""Thresholds of :class:`LayerPHMonitor`: three readings, each calibrated on real data.
 
     * **Redundancy** :math:`\bar d = \frac{1}{L - 1}\sum_k d_k`, the mean H0 death (merge height) of
       the :math:`L` layers under the CKA distance :math:`1 - \mathrm{CKA}`: 0 when every layer carries
@@ -128,30 +128,34 @@ class LayerConfig:
     * **Rank** :math:`r_{\min}`, the smallest effective rank (Roy & Vetterli, of the singular values of
       the centred probe representation) over every monitored layer but the last (the output, whose rank
       the number of classes bounds): about 1 when a layer passes on a single direction.
+    * **Dead units** :math:`u_{\max}`, the largest share, over the same layers, of units (features, or
+      channels of a feature map) that are never positive on the probe: dead after a ReLU.
 
-    ``COLLAPSE`` when :math:`\bar d <` ``collapse``, :math:`r_{\min} <` ``rank_collapse`` or a layer is
-    constant over the probe (dead); else ``WATCH`` when :math:`\bar d <` ``watch`` or
-    :math:`r_{\min} <` ``rank_watch``; else ``HEALTHY``. In scalar mode only :math:`\bar d` is read,
-    in the signal's units.
+    ``COLLAPSE`` when :math:`\bar d <` ``collapse``, :math:`r_{\min} <` ``rank_collapse``,
+    :math:`u_{\max} \ge` ``inactive_collapse`` or a layer is constant over the probe (dead); else ``WATCH``
+    when :math:`\bar d <` ``watch``, :math:`r_{\min} <` ``rank_watch`` or :math:`u_{\max} \ge`
+    ``inactive_watch``; else ``HEALTHY``. In scalar mode only :math:`\bar d` is read, in the signal's units.
 
     Calibration (``OMP_NUM_THREADS=1 python examples/ph_layers.py``: 8 seeds, probe of 256 test images).
     *Healthy*: MLP, CNN and PureFieldNet on UCI digits and the MLP on MNIST-5k, Adam 1e-3, read after 1,
     3, 10 and 30 epochs (128 readings): :math:`\bar d \ge 0.0061` (MNIST-5k MLP: the layers of a healthy
-    MLP already have linear CKA near 0.99) and :math:`r_{\min} \ge 7.19` (PureFieldNet, whose first
-    engine's 10 logits are not the last layer; MLP and CNN :math:`\ge 9.5`). *Planted* on the trained MLP
-    (digits and MNIST-5k): identical layers :math:`\bar d \le 3 \cdot 10^{-15}`; a rank-1 bottleneck at
-    fc1 or fc2 :math:`r_{\min} = 1.00`; rank-2 and rank-3 bottlenecks 1.89-2.98; 98 % dead ReLUs 3.5-6.2;
-    all ReLUs dead: constant layers. :math:`\bar d` alone cannot see a bottleneck: a rank-1 fc1 reads
-    0.0033-0.0108, inside the healthy range, and a rank-1 fc2 or dead units *raise* it (0.03-0.50).
+    MLP already have linear CKA near 0.99), :math:`r_{\min} \ge 7.19` (PureFieldNet, whose first
+    engine's 10 logits are not the last layer; MLP and CNN :math:`\ge 9.5`) and :math:`u_{\max} \le 0.47`
+    (the CNN's conv channels; MLP :math:`\le 0.25`). *Planted* on the trained MLP (digits and MNIST-5k):
+    identical layers :math:`\bar d \le 3 \cdot 10^{-15}`; a rank-1 bottleneck at fc1 or fc2
+    :math:`r_{\min} = 1.00`; rank-2 and rank-3 bottlenecks 1.89-2.98; 90 % of fc1's and fc2's ReLUs dead
+    :math:`u_{\max}` 0.898-0.930 (rank 9.4-13.4, as healthy nets); 98 % dead 0.980-0.992; all ReLUs dead:
+    constant layers. :math:`\bar d` alone cannot see a bottleneck: a rank-1 fc1 reads 0.0033-0.0108,
+    inside the healthy range, and a rank-1 fc2 or dead units *raise* it (0.03-0.50).
 
     The defaults: ``collapse`` 0.001 and ``watch`` 0.003 (half the healthy minimum: near-copies of
     layers only), ``rank_collapse`` 1.5 (one direction), ``rank_watch`` 4.5 (between rank 3 and the
-    healthy 7.19). With them all 128 healthy readings are ``HEALTHY``; identical layers, rank-1
-    bottlenecks at fc1 and at fc2 and all-dead ReLUs ``COLLAPSE`` (64 of 64); rank-2 and rank-3
-    bottlenecks ``WATCH`` (32 of 32). Missed: 98 % dead ReLUs are ``WATCH`` in only 4 of 16 runs, 90 %
-    dead never (the surviving units keep a rank of 9.4 or more, as healthy nets do). Trained at lr 1.0,
-    the MLP and CNN die (``COLLAPSE``, 16 of 16) and PureFieldNet reaches 17 % accuracy with ``WATCH``
-    (7) or ``COLLAPSE`` (1).
+    healthy 7.19), ``inactive_watch`` 0.7 (between the healthy 0.47 and the planted 0.90) and
+    ``inactive_collapse`` 0.96 (between 0.93 and 0.98). With them all 128 healthy readings are
+    ``HEALTHY``; identical layers, rank-1 bottlenecks at fc1 and at fc2, 98 % and all-dead ReLUs
+    ``COLLAPSE`` (80 of 80); rank-2 and rank-3 bottlenecks and 90 % dead ReLUs ``WATCH`` (48 of 48).
+    Trained at lr 1.0, the MLP and CNN die (``COLLAPSE``, 16 of 16) and PureFieldNet reaches 17 % accuracy
+    with ``WATCH`` (7) or ``COLLAPSE`` (1).
     The states describe the layer geometry, not accuracy; the thresholds were measured on 8x8 and 28x28
     digits only.
     """
@@ -160,9 +164,18 @@ class LayerConfig:
     collapse: float = 0.001
     rank_watch: float = 4.5
     rank_collapse: float = 1.5
+    inactive_watch: float = 0.7
+    inactive_collapse: float = 0.96
 
     def __post_init__(self) -> None:
-        for name in ("watch", "collapse", "rank_watch", "rank_collapse"):
+        for name in (
+            "watch",
+            "collapse",
+            "rank_watch",
+            "rank_collapse",
+            "inactive_watch",
+            "inactive_collapse",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"{name} must be a nonnegative number; got {value!r}")
@@ -172,9 +185,17 @@ class LayerConfig:
             raise ValueError(
                 f"rank_collapse ({self.rank_collapse}) must not exceed rank_watch ({self.rank_watch})"
             )
+        if not self.inactive_watch <= self.inactive_collapse <= 1:
+            raise ValueError(
+                f"need inactive_watch ({self.inactive_watch}) <= inactive_collapse "
+                f"({self.inactive_collapse}) <= 1"
+            )
 
-    def state(self, mean_death: float, min_rank: float | None = None) -> LayerState:
-        """The state for a mean death and (outside scalar mode) the smallest effective rank.
+    def state(
+        self, mean_death: float, min_rank: float | None = None, max_inactive: float | None = None
+    ) -> LayerState:
+        """The state for a mean death and (outside scalar mode) the smallest effective rank and the largest
+        share of never-positive units.
 
         Examples
         --------
@@ -183,9 +204,10 @@ class LayerConfig:
         (<LayerState.HEALTHY: 'HEALTHY'>, <LayerState.COLLAPSE: 'COLLAPSE'>, <LayerState.WATCH: 'WATCH'>)
         """
         rank = math.inf if min_rank is None else min_rank
-        if mean_death < self.collapse or rank < self.rank_collapse:
+        dead = 0.0 if max_inactive is None else max_inactive
+        if mean_death < self.collapse or rank < self.rank_collapse or dead >= self.inactive_collapse:
             return LayerState.COLLAPSE
-        if mean_death < self.watch or rank < self.rank_watch:
+        if mean_death < self.watch or rank < self.rank_watch or dead >= self.inactive_watch:
             return LayerState.WATCH
         return LayerState.HEALTHY
 
@@ -217,6 +239,11 @@ class LayerStep:
     min_rank
         The rank reading: the smallest of ``effective_ranks`` without the last layer (``None`` in scalar
         mode).
+    inactive_fractions
+        Per layer, the share of its units (features, or channels of a feature map) that are never positive
+        on the probe: dead after a ReLU (empty in scalar mode).
+    max_inactive
+        The dead-unit reading: the largest of ``inactive_fractions`` without the last layer.
     """
 
     step: int
@@ -228,6 +255,8 @@ class LayerStep:
     constant_layers: tuple[str, ...] = ()
     effective_ranks: tuple[float, ...] = ()
     min_rank: float | None = None
+    inactive_fractions: tuple[float, ...] = ()
+    max_inactive: float | None = None
 
 
 class LayerPHMonitor:
@@ -271,10 +300,11 @@ class LayerPHMonitor:
             raise ValueError("probe must be a tensor batch of at least 3 inputs")
         work = copy.deepcopy(model).eval()
         outputs: dict[str, torch.Tensor] = {}
+        inactive: dict[str, float] = {}
         handles = []
         for name in self.layers:
             module = _resolve_layer(work, name)
-            handles.append(module.register_forward_hook(_capture(outputs, name)))
+            handles.append(module.register_forward_hook(_capture(outputs, inactive, name)))
         try:
             with torch.no_grad():
                 work(probe.to(_model_device(work)))
@@ -290,8 +320,10 @@ class LayerPHMonitor:
                 constant.append(name)
         ranks = tuple(_gram_effective_rank(grams[name]) if name in grams else 0.0 for name in self.layers)
         min_rank = min(ranks[:-1])
+        fractions = tuple(inactive[name] for name in self.layers)
         if constant:
-            return self._record(None, None, None, LayerState.COLLAPSE, tuple(constant), ranks, min_rank)
+            state = LayerState.COLLAPSE
+            return self._record(None, None, None, state, tuple(constant), ranks, min_rank, fractions)
         n = len(self.layers)
         sim = torch.eye(n, dtype=torch.float64)
         for i in range(n):
@@ -299,7 +331,8 @@ class LayerPHMonitor:
                 sim[i, j] = sim[j, i] = _cka_from_grams(grams[self.layers[i]], grams[self.layers[j]])
         diagram = h0_persistence(distances=1 - sim)
         mean = diagram.total_persistence / (n - 1)
-        return self._record(sim, diagram, mean, self.config.state(mean, min_rank), (), ranks, min_rank)
+        state = self.config.state(mean, min_rank, max(fractions[:-1]))
+        return self._record(sim, diagram, mean, state, (), ranks, min_rank, fractions)
 
     def update_scalars(self, values: Mapping[str, float]) -> LayerStep:
         """Scalar-signal mode: H0 of one number per layer (a spread statistic, see :func:`scalar_h0`)."""
@@ -319,6 +352,7 @@ class LayerPHMonitor:
         constant: tuple[str, ...],
         ranks: tuple[float, ...] = (),
         min_rank: float | None = None,
+        inactive: tuple[float, ...] = (),
     ) -> LayerStep:
         step = LayerStep(
             step=len(self.history),
@@ -330,15 +364,22 @@ class LayerPHMonitor:
             constant_layers=constant,
             effective_ranks=ranks,
             min_rank=min_rank,
+            inactive_fractions=inactive,
+            max_inactive=max(inactive[:-1]) if inactive else None,
         )
         self.history.append(step)
         return step
 
 
-def _capture(store: dict[str, torch.Tensor], name: str) -> Callable[[nn.Module, Any, Any], None]:
+def _capture(
+    store: dict[str, torch.Tensor], inactive: dict[str, float], name: str
+) -> Callable[[nn.Module, Any, Any], None]:
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+        # a unit (feature, or channel of a feature map) that is never positive on the probe: dead after a ReLU
+        positive = (output.detach() > 0).flatten(start_dim=2).any(dim=2) if output.ndim > 2 else output > 0
+        inactive[name] = 1.0 - float(positive.any(dim=0).double().mean())
         # stays on the model's device: the (m, p) -> (m, m) Gram product is the costly step (p is 25,088
         # for the CNN's first layer on 28x28 images), and only the small Gram matrix moves to the CPU
         store[name] = output.detach().flatten(start_dim=1).to(torch.float64)

@@ -50,6 +50,7 @@ class EpochRecord:
     layer_state: str
     layer_mean_death: float | None
     layer_min_rank: float | None
+    layer_max_inactive: float | None = None
 
     @classmethod
     def from_steps(
@@ -73,6 +74,7 @@ class EpochRecord:
             layer_state=layer.state.value,
             layer_mean_death=layer.mean_death,
             layer_min_rank=layer.min_rank,
+            layer_max_inactive=layer.max_inactive,
         )
 
 
