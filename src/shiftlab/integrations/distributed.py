@@ -42,12 +42,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shiftlab.pmh._estimate import NuisanceEstimate
-from shiftlab.pmh._estimators_stats import (
-    STATISTICS_KINDS,
-    Moments,
-    NuisanceStatistics,
-    estimate_from_statistics,
-)
+from shiftlab.pmh._estimators_stats import Moments, NuisanceStatistics
+from shiftlab.pmh._estimators_stats_final import STATISTICS_KINDS, estimate_from_statistics
 from shiftlab.pmh._estimators_stats_local import nuisance_statistics
 from shiftlab.pmh._train_dist import DataParallel
 

@@ -292,7 +292,8 @@ def estimate_from_rows(
     r"""The estimate :math:`\hat\Sigma = R^\top R` (rows already carry their weights).
 
     This is the one "statistics → estimate" step every estimator ends in, single-process or from
-    all-reduced sufficient statistics (:func:`~shiftlab.pmh._estimators_stats.estimate_from_statistics`).
+    all-reduced sufficient statistics
+    (:func:`~shiftlab.pmh._estimators_stats_final.estimate_from_statistics`).
     An estimate from ``n_data`` samples has at most ``L = min(d, n_data)`` non-zero eigenvalues (every
     estimator's Σ is a sum of at most that many independent outer products), so its spectrum keeps
     exactly L values: rows are compressed to at most d (exact), reduced to their top L singular

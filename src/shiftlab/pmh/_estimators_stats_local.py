@@ -4,7 +4,7 @@ Each function takes the same arguments as the estimator of the same name (minus 
 ``isotropic`` with a given ``sigma`` needs no data), validates them exactly as the estimator does, and
 returns :class:`~shiftlab.pmh._estimators_stats.NuisanceStatistics` of the rows it was given. Checks
 that concern the whole data (two source classes, shared classes, rows per class, at least two rows)
-wait for :func:`~shiftlab.pmh._estimators_stats.estimate_from_statistics`, because one shard may hold
+wait for :func:`~shiftlab.pmh._estimators_stats_final.estimate_from_statistics`, because one shard may hold
 few rows or few classes. Class labels must be class indices >= 0 here (they index the per-class sums).
 """
 
@@ -348,7 +348,7 @@ def nuisance_statistics(kind: str, **kwargs: Any) -> NuisanceStatistics:
     Returns
     -------
     NuisanceStatistics
-        Addable with ``+``; :func:`~shiftlab.pmh._estimators_stats.estimate_from_statistics` turns the
+        Addable with ``+``; :func:`~shiftlab.pmh._estimators_stats_final.estimate_from_statistics` turns the
         total into the estimate.
 
     Examples
