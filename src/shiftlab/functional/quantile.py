@@ -155,7 +155,9 @@ def _rank_tables(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Target quantiles at the doubled mid-rank levels (j + 1)/(2m), j = 0..2m-2, and the surrogate's
     slope at the same levels (None for ``ecdf``)."""
-    levels = (torch.arange(2 * m - 1, dtype=torch.float64) + 1) / (2 * m)
+    # named targets are elementwise functions: build them where they are used (no host work, no copy)
+    where = device if isinstance(target, str) else None
+    levels = (torch.arange(2 * m - 1, dtype=torch.float64, device=where) + 1) / (2 * m)
     table = target_quantiles(target, levels)
     slope_table = None
     if grad == "ste":
@@ -168,12 +170,12 @@ def _rank_tables(
 
 
 #: Tables of the named targets, kept per (name, m, grad, device, dtype) for rows of up to
-#: ``CACHED_TABLE_MAX_M`` values (at most 64 entries of 2 x 2m floats: 64 MiB): building them costs host
-#: work and, on a GPU, two host-to-device copies per call, which matter only next to a short sort.
-CACHED_TABLE_MAX_M = 1 << 16
+#: ``CACHED_TABLE_MAX_M`` values (at most 32 entries of 2 x 2m floats, 16 MiB each): building them costs a
+#: few kernel launches per call, which matter next to a short sort.
+CACHED_TABLE_MAX_M = 1 << 20
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _named_tables(
     target: str, m: int, grad: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
