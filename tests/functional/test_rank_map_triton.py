@@ -19,7 +19,6 @@ pytest.importorskip("triton")
 
 CHILD = textwrap.dedent(
     """
-    import itertools
     import torch
     from shiftlab.functional import _rank_map, _rank_map_triton
     from shiftlab.functional._rank_map import NORM_EPS, RankMap
